@@ -1,0 +1,66 @@
+"""The two-layer scalar linear network x -> (a.b) x and its initialisation schemes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+INIT_SCHEMES = ("gaussian", "explicit", "imbalanced")
+
+
+class ScalarLinearNet(nn.Module):
+    """Depth-2 linear net with one input, one output and hidden width d: parameters a, b in R^d."""
+
+    def __init__(self, a0: torch.Tensor, b0: torch.Tensor):
+        super().__init__()
+        if a0.shape != b0.shape or a0.dim() != 1:
+            raise ValueError(f"a0 and b0 must be 1-D of equal length, got {tuple(a0.shape)} and {tuple(b0.shape)}")
+        self.a = nn.Parameter(a0.clone())
+        self.b = nn.Parameter(b0.clone())
+
+    @property
+    def width(self) -> int:
+        return self.a.numel()
+
+    def product(self) -> torch.Tensor:
+        """The end-to-end scalar m = a.b."""
+        return self.a @ self.b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.product() * x
+
+
+def initial_vectors(
+    width: int,
+    scheme: str = "gaussian",
+    scale: float = 1.0,
+    seed: int = 0,
+    imbalance: float = 0.5,
+    a0: Sequence[float] | None = None,
+    b0: Sequence[float] | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial (a, b) for a scheme.
+
+    gaussian:   a, b i.i.d. N(0, scale^2 / width), so lam(0) is about 2 scale^2 at any width.
+    explicit:   the given vectors a0, b0.
+    imbalanced: lam(0) = 2 scale^2 exactly and Q(0) = imbalance * lam(0) (imbalance in (-1, 1)),
+                along independent random directions.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if scheme == "gaussian":
+        std = scale / math.sqrt(width)
+        return (torch.randn(width, generator=gen, dtype=dtype) * std,
+                torch.randn(width, generator=gen, dtype=dtype) * std)
+    if scheme == "explicit":
+        return torch.tensor(a0, dtype=dtype), torch.tensor(b0, dtype=dtype)
+    if scheme == "imbalanced":
+        lam0 = 2.0 * scale * scale
+        directions = torch.randn(2, width, generator=gen, dtype=dtype)
+        directions /= torch.linalg.vector_norm(directions, dim=1, keepdim=True)
+        a_len, b_len = math.sqrt(lam0 * (1 + imbalance) / 2), math.sqrt(lam0 * (1 - imbalance) / 2)
+        return directions[0] * a_len, directions[1] * b_len
+    raise ValueError(f"unknown init scheme {scheme!r}; allowed: {', '.join(INIT_SCHEMES)}")
