@@ -16,3 +16,13 @@ def find_writer(trainer: L.Trainer):
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
+
+
+def log_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+    """The TensorBoard x-axis for the module's current state.
+
+    GD logs at trainer.global_step. A module that integrates gradient flow defines `aligned_step()`
+    (t / eta_ref, rounded) so that its curves overlay GD's at t = eta * k.
+    """
+    aligned = getattr(pl_module, "aligned_step", None)
+    return int(aligned()) if callable(aligned) else int(trainer.global_step)
