@@ -118,6 +118,8 @@ def _read_yaml(path: Path) -> DictConfig:
         data = yaml.safe_load(text)
     except OSError as err:
         raise ConfigError(f"config file {path}: cannot be read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: cannot be read (not UTF-8 text)") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -218,3 +220,7 @@ def validate_run(cfg: DictConfig) -> None:
     require(mon.sharpness.max_iter >= 1, "monitor.sharpness.max_iter", "an integer >= 1", mon.sharpness.max_iter)
     require(bool(cfg.output.name) and "/" not in cfg.output.name, "output.name",
             "a non-empty folder name without '/'", cfg.output.name)
+    if t.device != "cpu":
+        import torch
+
+        require(torch.cuda.is_available(), "train.device", "cpu (no CUDA device is available here)", t.device)

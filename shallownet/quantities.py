@@ -35,11 +35,10 @@ def imbalance_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def shallow_state(a: torch.Tensor, b: torch.Tensor, phi: float) -> dict[str, float]:
-    """All scalar quantities of a point, as Python floats."""
+    """eps, lam, Q and Qn of a point, as Python floats."""
     with torch.no_grad():
         eps = residual(a, b, phi)
         return {
-            "loss": float(0.5 * eps * eps),
             "residual": float(eps),
             "norm": float(norm(a, b)),
             "imbalance": float(imbalance(a, b)),

@@ -1,0 +1,36 @@
+"""Reading TensorBoard event files back: scalars (float32 or double-precision) and histograms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import (
+    HISTOGRAMS,
+    SCALARS,
+    TENSORS,
+    EventAccumulator,
+)
+from tensorboard.util import tensor_util
+
+
+def load(log_dir: str | Path) -> EventAccumulator:
+    """All events of one TensorBoard run folder, nothing sampled away."""
+    acc = EventAccumulator(str(log_dir), size_guidance={SCALARS: 0, TENSORS: 0, HISTOGRAMS: 0})
+    acc.Reload()
+    return acc
+
+
+def read_scalars(log_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{tag: (steps, values)} for every scalar tag, whether written as float32 or as float64 tensors."""
+    acc = load(log_dir)
+    out = {}
+    for tag in acc.Tags()[SCALARS]:
+        events = acc.Scalars(tag)
+        out[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events], dtype=np.float64))
+    for tag in acc.Tags()[TENSORS]:
+        events = acc.Tensors(tag)
+        values = [tensor_util.make_ndarray(e.tensor_proto) for e in events]
+        if all(v.size == 1 for v in values):
+            out[tag] = (np.array([e.step for e in events]), np.array([float(v) for v in values]))
+    return out
