@@ -61,6 +61,12 @@ class DynamicsMonitor(L.Callback):
         for name, value in values.items():
             # double precision: the tests check these against theory.md to round-off
             writer.add_scalar(f"dynamics/{name}", value, step, new_style=True, double_precision=True)
-        if torch.isfinite(q_per_unit).all():  # a histogram of inf/nan is an error in TensorBoard
-            # numpy's "auto" bins: TensorBoard's default ~1500 buckets would make every event ~10 kB
-            writer.add_histogram("dynamics/imbalance_per_unit", q_per_unit.cpu().numpy(), step, bins="auto")
+        self._log_histogram(writer, q_per_unit.cpu().numpy(), step)
+
+    @staticmethod
+    def _log_histogram(writer, q_per_unit, step: int) -> None:
+        # at most 30 bins: TensorBoard's default ~1500 buckets would make every event ~10 kB
+        try:
+            writer.add_histogram("dynamics/imbalance_per_unit", q_per_unit, step, bins=min(q_per_unit.size, 30))
+        except ValueError:  # inf/nan or a range too wide for numpy to bin (a diverging run): skip it
+            pass

@@ -1,0 +1,5 @@
+import sys
+
+from shallownet.cli import main
+
+sys.exit(main())

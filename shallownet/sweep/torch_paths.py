@@ -1,0 +1,76 @@
+"""The same simulation in torch: the (U, V) recursion for CUDA, and the full [N, d] GD cross-check.
+
+Both use the kernel's stop rule (a stopped run takes a zero step, frozen bit-for-bit) and check only
+every `check_every` steps whether all runs have stopped, since asking the GPU is a synchronisation.
+The (U, V) path performs exactly the kernel's operations in the same order, one elementwise op per
+kernel (no fusion, hence no FMA contraction), so on any IEEE device it gives the kernel's bits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from shallownet.sweep.kernel import TINY
+
+CHECK_EVERY = 256
+
+
+def run_uv_torch(u0, v0, eta, phi, tol, divergence_norm, max_steps, device, check_every=CHECK_EVERY):
+    """Final (U, V), P, max eta|eps_t| and steps, as float64/int64 tensors on `device`."""
+    def put(x):
+        return torch.as_tensor(x, dtype=torch.float64).to(device).clone()
+
+    u, v, eta = put(u0), put(v0), put(eta)
+    factor = torch.ones_like(u)
+    max_step = torch.zeros_like(u)
+    steps = torch.zeros(u.shape, dtype=torch.int64, device=u.device)
+    zero = torch.zeros((), dtype=torch.float64, device=u.device)
+    for k in range(max_steps):
+        eps = (u - v) * 0.25 - phi
+        lam = (u + v) * 0.5
+        active = (eps.abs() > tol) & (lam <= divergence_norm)
+        e = torch.where(active, eta * eps, zero)
+        shrink, grow = 1.0 - e, 1.0 + e
+        u_next = shrink * shrink * u
+        v_next = grow * grow * v
+        f_next = factor * (1.0 - e * e)
+        u = torch.where(u_next < TINY, zero, u_next)
+        v = torch.where(v_next < TINY, zero, v_next)
+        factor = torch.where(f_next.abs() < TINY, zero, f_next)
+        max_step = torch.maximum(max_step, e.abs())
+        steps += active
+        if (k + 1) % check_every == 0 and not bool(active.any()):
+            break
+    return u, v, factor, max_step, steps
+
+
+def run_ab_torch(a0, b0, eta, phi, tol, divergence_norm, max_steps, device, check_every=CHECK_EVERY):
+    """Plain GD a' = a - eta eps b, b' = b - eta eps a on [N, d] tensors; no flush, no shortcut.
+
+    Returns final (residual, norm), P (the product of 1 - eta^2 eps_t^2), max eta|eps_t|, steps.
+    """
+    a = torch.as_tensor(a0, dtype=torch.float64).to(device).clone()
+    b = torch.as_tensor(b0, dtype=torch.float64).to(device).clone()
+    eta = torch.as_tensor(eta, dtype=torch.float64).to(device)
+    n = a.shape[0]
+    factor = torch.ones(n, dtype=torch.float64, device=a.device)
+    max_step = torch.zeros_like(factor)
+    steps = torch.zeros(n, dtype=torch.int64, device=a.device)
+    zero = torch.zeros((), dtype=torch.float64, device=a.device)
+
+    def residual_and_norm(a, b):
+        return (a * b).sum(1) - phi, (a * a).sum(1) + (b * b).sum(1)
+
+    for k in range(max_steps):
+        eps, lam = residual_and_norm(a, b)
+        active = (eps.abs() > tol) & (lam <= divergence_norm)
+        e = torch.where(active, eta * eps, zero)
+        keep = active[:, None]
+        a, b = torch.where(keep, a - e[:, None] * b, a), torch.where(keep, b - e[:, None] * a, b)
+        factor = torch.where(active, factor * (1.0 - e * e), factor)
+        max_step = torch.maximum(max_step, e.abs())
+        steps += active
+        if (k + 1) % check_every == 0 and not bool(active.any()):
+            break
+    residual, norm = residual_and_norm(a, b)
+    return residual, norm, factor, max_step, steps

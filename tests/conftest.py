@@ -1,0 +1,49 @@
+"""Shared test helpers: running the CLI in-process and reading its run folders back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from shallownet.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Every run folder (a folder holding config.yaml) under root."""
+    return sorted(p.parent for p in root.rglob("config.yaml")) if root.exists() else []
+
+
+@pytest.fixture
+def cli(tmp_path, capsys):
+    """Call `shallownet COMMAND ...` in-process with output.root in tmp_path.
+
+    Returns (exit code, stdout, stderr, [run folders created]).
+    """
+    root = tmp_path / "runs"
+
+    def call(command: str, *args: str, config: Path | None = None):
+        argv = [command] + ([str(config)] if config else []) + [f"output.root={root}", *args]
+        code = main(argv)
+        out, err = capsys.readouterr()
+        return code, out, err, run_dirs(root)
+
+    return call
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
