@@ -31,6 +31,6 @@ def read_scalars(log_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]
     for tag in acc.Tags()[TENSORS]:
         events = acc.Tensors(tag)
         values = [tensor_util.make_ndarray(e.tensor_proto) for e in events]
-        if all(v.size == 1 for v in values):
+        if all(v.size == 1 and v.dtype.kind in "fiu" for v in values):  # not text such as layouts
             out[tag] = (np.array([e.step for e in events]), np.array([float(v) for v in values]))
     return out

@@ -65,7 +65,7 @@ def run_uv_numba(u0, v0, eta, phi, tol, divergence_norm, max_steps):
     """Final (U, V), P, max eta|eps_t| and steps taken for runs from (u0, v0) with steps eta (1-D)."""
     n = u0.shape[0]
     padded = -(-n // BLOCK) * BLOCK
-    # Padding lanes are NaN: they stop at once and cost nothing after the first step.
+    # Padding lanes are NaN: stopped from the start, they never keep a block running.
     u = np.full(padded, np.nan)
     v = np.full(padded, np.nan)
     rates = np.ones(padded)
@@ -77,3 +77,8 @@ def run_uv_numba(u0, v0, eta, phi, tol, divergence_norm, max_steps):
     _run_blocks(u, v, factor, max_step, steps, rates, float(phi), float(tol), float(divergence_norm),
                 int(max_steps), n_workers)
     return u[:n], v[:n], factor[:n], max_step[:n], steps[:n]
+
+
+def load_kernel() -> None:
+    """Compile the kernel, or load it from numba's cache, by running one tiny block."""
+    run_uv_numba(np.zeros(1), np.zeros(1), np.zeros(1), 1.0, 1.0, 1.0, 1)

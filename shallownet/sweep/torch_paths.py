@@ -1,7 +1,8 @@
 """The same simulation in torch: the (U, V) recursion for CUDA, and the full [N, d] GD cross-check.
 
 Both use the kernel's stop rule (a stopped run takes a zero step, frozen bit-for-bit) and check only
-every `check_every` steps whether all runs have stopped, since asking the GPU is a synchronisation.
+every `check_every` steps whether all runs have stopped, since asking the GPU is a synchronisation;
+the extra steps of stopped runs change nothing.
 The (U, V) path performs exactly the kernel's operations in the same order, one elementwise op per
 kernel (no fusion, hence no FMA contraction), so on any IEEE device it gives the kernel's bits.
 """
@@ -16,7 +17,11 @@ CHECK_EVERY = 256
 
 
 def run_uv_torch(u0, v0, eta, phi, tol, divergence_norm, max_steps, device, check_every=CHECK_EVERY):
-    """Final (U, V), P, max eta|eps_t| and steps, as float64/int64 tensors on `device`."""
+    """Final (U, V), P, max eta|eps_t| and steps, as float64/int64 tensors on `device`.
+
+    On CUDA, blocks of check_every steps are captured once as a CUDA graph and replayed: ~30 tiny
+    kernels per step make the GPU launch-bound otherwise. Replaying runs the very same kernels.
+    """
     def put(x):
         return torch.as_tensor(x, dtype=torch.float64).to(device).clone()
 
@@ -25,7 +30,30 @@ def run_uv_torch(u0, v0, eta, phi, tol, divergence_norm, max_steps, device, chec
     max_step = torch.zeros_like(u)
     steps = torch.zeros(u.shape, dtype=torch.int64, device=u.device)
     zero = torch.zeros((), dtype=torch.float64, device=u.device)
-    for k in range(max_steps):
+    state = (u, v, factor, max_step, steps, eta, phi, tol, divergence_norm, zero)
+    graph, done = None, 0
+    while done < max_steps:
+        block = min(check_every, max_steps - done)
+        # The first block runs eagerly: it warms up the kernels before capture, as CUDA graphs need.
+        if u.is_cuda and done > 0 and block == check_every:
+            if graph is None:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    graph_active = _steps(state, block)
+            graph.replay()
+            active = graph_active
+        else:
+            active = _steps(state, block)
+        done += block
+        if not bool(active.any()):
+            break
+    return u, v, factor, max_step, steps
+
+
+def _steps(state, n):
+    """n steps of the kernel's update, in place on (u, v, factor, max_step, steps); the last mask."""
+    u, v, factor, max_step, steps, eta, phi, tol, divergence_norm, zero = state
+    for _ in range(n):
         eps = (u - v) * 0.25 - phi
         lam = (u + v) * 0.5
         active = (eps.abs() > tol) & (lam <= divergence_norm)
@@ -34,14 +62,12 @@ def run_uv_torch(u0, v0, eta, phi, tol, divergence_norm, max_steps, device, chec
         u_next = shrink * shrink * u
         v_next = grow * grow * v
         f_next = factor * (1.0 - e * e)
-        u = torch.where(u_next < TINY, zero, u_next)
-        v = torch.where(v_next < TINY, zero, v_next)
-        factor = torch.where(f_next.abs() < TINY, zero, f_next)
-        max_step = torch.maximum(max_step, e.abs())
+        torch.where(u_next < TINY, zero, u_next, out=u)
+        torch.where(v_next < TINY, zero, v_next, out=v)
+        torch.where(f_next.abs() < TINY, zero, f_next, out=factor)
+        torch.maximum(max_step, e.abs(), out=max_step)
         steps += active
-        if (k + 1) % check_every == 0 and not bool(active.any()):
-            break
-    return u, v, factor, max_step, steps
+    return active
 
 
 def run_ab_torch(a0, b0, eta, phi, tol, divergence_norm, max_steps, device, check_every=CHECK_EVERY):

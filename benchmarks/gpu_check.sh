@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The GPU check, run on a CUDA machine from the repository root (a few minutes):
+#   bash benchmarks/gpu_check.sh
+# It runs the CUDA-marked tests, one CUDA training run and the GPU benchmarks. Wheels in .whl/ (if any)
+# supply packages the machine lacks (e.g. omegaconf on the lent GPU machines, which have no network).
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}"
+status=0
+step() { echo; echo "=== $*"; "$@" || status=1; }
+
+step nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+step python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+step python3 -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests
+step python3 -m shallownet train configs/train.yaml train.device=cuda output.root=/tmp/gpu_runs
+step python3 benchmarks/bench_sweep.py --device cuda
+step python3 benchmarks/bench_curvature.py --device cuda --quick
+exit $status

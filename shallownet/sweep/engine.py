@@ -1,0 +1,116 @@
+"""Many GD runs of the shallow net at once, in chunks, on one of three backends.
+
+    numba    the exact (U, V) recursion on the CPU, SIMD over blocks of runs (kernel.py); the default
+    torch    the same recursion as torch tensors, for CUDA (torch_paths.py)
+    batched  plain GD on [N, d] tensors of (a, b): slow, the cross-check of the other two
+
+Every run stops on its own: converged once |eps_k| <= tol (tested before step k, so `steps` is the
+first such k), diverged once lam_k > divergence_norm or non-finite, otherwise after max_steps steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+BACKENDS = ("numba", "torch", "batched")
+
+CONVERGED, DIVERGED, MAX_STEPS = 0, 1, 2
+OUTCOMES = ("converged", "diverged", "max_steps")  # indexed by the codes above
+
+# Working memory per run while a chunk is simulated (state, inputs and temporaries, float64), for
+# sizing chunks to a memory budget; the batched path also holds ~10 [d]-vectors per run (a, b and
+# the temporaries of one step).
+_BYTES_PER_RUN = {"numba": 80, "torch": 200, "batched": 200}
+_BYTES_PER_RUN_AND_UNIT = 80
+
+
+@dataclass(frozen=True)
+class StopRule:
+    tol: float
+    divergence_norm: float
+    max_steps: int
+
+
+@dataclass
+class Runs:
+    """Raw results of N runs (1-D float64 arrays, steps int64): the state where each run stopped."""
+
+    residual: np.ndarray  # eps at the end
+    norm: np.ndarray  # lam at the end
+    factor: np.ndarray  # P = prod over the steps taken of (1 - eta^2 eps_t^2) = Q(T)/Q(0)
+    max_step: np.ndarray  # max over the steps taken of eta |eps_t|
+    steps: np.ndarray  # steps taken
+
+    def outcome(self, rule: StopRule) -> np.ndarray:
+        """Outcome codes (int8), read off the final state with the stop test the runs used."""
+        converged = np.abs(self.residual) <= rule.tol
+        diverged = ~converged & ~(self.norm <= rule.divergence_norm)
+        return np.where(converged, CONVERGED, np.where(diverged, DIVERGED, MAX_STEPS)).astype(np.int8)
+
+
+def bytes_per_run(backend: str, width: int) -> int:
+    """Working memory one run needs while its chunk is simulated."""
+    return _BYTES_PER_RUN[backend] + (_BYTES_PER_RUN_AND_UNIT * width if backend == "batched" else 0)
+
+
+def simulate(eta: np.ndarray, init_index: np.ndarray, a0: np.ndarray, b0: np.ndarray, phi: float,
+             rule: StopRule, backend: str = "numba", device: str = "cpu", chunk_size: int = 65536,
+             progress: Callable[[int], None] | None = None) -> Runs:
+    """Run i does GD with step eta[i] from (a0[init_index[i]], b0[init_index[i]]).
+
+    a0, b0: [S, d] initial points shared by many runs (the (U, V) backends only need |a0 +- b0|^2).
+    Runs are simulated chunk_size at a time; `progress(n)` is called after each chunk of n runs.
+    """
+    eta = np.asarray(eta, dtype=np.float64)
+    init_index = np.asarray(init_index)
+    a0, b0 = np.asarray(a0, dtype=np.float64), np.asarray(b0, dtype=np.float64)
+    u_init = ((a0 + b0) ** 2).sum(axis=1)
+    v_init = ((a0 - b0) ** 2).sum(axis=1)
+    parts = []
+    for start in range(0, eta.size, chunk_size):
+        rates, index = eta[start:start + chunk_size], init_index[start:start + chunk_size]
+        if backend == "batched":
+            parts.append(_batched(a0[index], b0[index], rates, phi, rule, device))
+        else:
+            parts.append(_recursion(u_init[index], v_init[index], rates, phi, rule, backend, device))
+        if progress is not None:
+            progress(rates.size)
+    if not parts:
+        empty = np.zeros(0)
+        return Runs(empty, empty, empty, empty, np.zeros(0, dtype=np.int64))
+    return Runs(*(np.concatenate(field) for field in zip(*parts, strict=True)))
+
+
+def _recursion(u0, v0, eta, phi, rule, backend, device):
+    args = (u0, v0, eta, phi, rule.tol, rule.divergence_norm, rule.max_steps)
+    if backend == "numba":
+        from shallownet.sweep.kernel import run_uv_numba
+
+        u, v, factor, max_step, steps = run_uv_numba(*args)
+    else:
+        from shallownet.sweep.torch_paths import run_uv_torch
+
+        u, v, factor, max_step, steps = (t.cpu().numpy() for t in run_uv_torch(*args, device=device))
+    # Same expressions as the stop test inside the loop, so outcome() classifies exactly as it did.
+    return (u - v) * 0.25 - phi, (u + v) * 0.5, factor, max_step, steps
+
+
+def _batched(a0, b0, eta, phi, rule, device):
+    from shallownet.sweep.torch_paths import run_ab_torch
+
+    out = run_ab_torch(a0, b0, eta, phi, rule.tol, rule.divergence_norm, rule.max_steps, device=device)
+    return tuple(t.cpu().numpy() for t in out)
+
+
+def cuda_device_ok(device: str) -> bool:
+    """Whether `device` names a usable device here ('cpu', or 'cuda[:N]' with that GPU present)."""
+    if device == "cpu":
+        return True
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return False
+    index = device.partition(":")[2]
+    return index == "" or (index.isdigit() and int(index) < torch.cuda.device_count())

@@ -1,0 +1,110 @@
+"""The paper's Figure 3 from a sweep's records, plus final sharpness against step size.
+
+x is the step size eta, y the initial scale (log axes when the grid is log-spaced). Theory lines drawn
+on the maps: the Theorem-1 bound eta < min(1/(2|eps0|), 2/sqrt(lam0^2 + 4 phi^2)), eta = 2/lam_GF (edge
+of stability) and eta = 1/phi (no stable minimum, chaos).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+from matplotlib.colors import ListedColormap, LogNorm, TwoSlopeNorm
+from matplotlib.figure import Figure  # not pyplot: no global state, no GUI backend
+from matplotlib.patches import Patch
+
+from shallownet.sweep.engine import CONVERGED, DIVERGED, MAX_STEPS
+
+DIVERGED_COLOUR = "black"
+MAX_STEPS_COLOUR = "#d9d9d9"
+N_SHARPNESS_CURVES = 5
+
+
+def figure3(recs: dict, phi: float, max_steps: int, tol: float):
+    """Left: Q(T)/Q(0); right: steps to reach |eps| <= tol. Diverged and unconverged cells marked."""
+    fig = Figure(figsize=(13, 5.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    outcome = recs["outcome"]
+
+    ratio = np.ma.masked_where(outcome == DIVERGED, recs["imbalance_ratio"])
+    low = min(float(ratio.min()), -1e-3) if ratio.count() else -1.0
+    mesh = _map(left, recs, ratio, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=1.0))
+    fig.colorbar(mesh, ax=left, label="Q(T) / Q(0)  (= P, the product of 1 - η² ε_t²)")
+    left.set_title("imbalance kept by GD: Q(T)/Q(0)")
+
+    steps = np.ma.masked_where(outcome != CONVERGED, recs["steps"].astype(float))
+    steps = np.ma.masked_less(steps, 1)  # runs that start converged have no place on a log scale
+    mesh = _map(right, recs, steps, cmap="viridis", norm=LogNorm())
+    fig.colorbar(mesh, ax=right, label=f"steps to |ε| ≤ {tol:g}")
+    _mark(right, recs, outcome == MAX_STEPS, MAX_STEPS_COLOUR)
+    right.set_title("time to converge")
+
+    for ax in (left, right):
+        _mark(ax, recs, outcome == DIVERGED, DIVERGED_COLOUR)
+        _theory_lines(ax, recs, phi)
+    handles, _ = right.get_legend_handles_labels()
+    handles += [Patch(color=DIVERGED_COLOUR, label="diverged"),
+                Patch(color=MAX_STEPS_COLOUR, label=f"not converged in T = {max_steps} steps")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize="small")
+    fig.suptitle(f"GD on the shallow linear net, Φ = {phi:g}: step size × initial scale")
+    return fig
+
+
+def sharpness_panel(recs: dict, phi: float):
+    """Final sharpness versus eta for a few initial scales, against lam_GF, 2/eta and 2 phi."""
+    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
+    ax = fig.subplots()
+    eta, scale = recs["eta"], recs["scale"]
+    rows = np.unique(np.linspace(0, scale.size - 1, N_SHARPNESS_CURVES).round().astype(int))
+    colours = matplotlib.colormaps["plasma"](np.linspace(0.0, 0.85, rows.size))
+    for j, colour in zip(rows, colours, strict=True):
+        converged = recs["outcome"][:, j] == CONVERGED
+        sharp = recs["final_sharpness"][:, j]
+        ax.plot(eta[converged], sharp[converged], ".", ms=3, color=colour,
+                label=f"scale {scale[j]:.3g} (λ(0) = {recs['norm0'][j]:.3g})")
+        ax.plot(eta[~converged], sharp[~converged], "x", ms=3, alpha=0.4, color=colour)
+        ax.axhline(recs["norm_gf"][j], color=colour, ls="--", lw=1)
+    ax.plot(eta, 2.0 / eta, "k-", lw=1.2, label="2/η (stability limit)")
+    ax.axhline(2.0 * phi, color="grey", lw=1.2, label="2Φ (flattest minimum)")
+    ax.axvline(1.0 / phi, color="grey", ls=":", lw=1.2, label="η = 1/Φ")
+    ax.plot([], [], "k--", lw=1, label="λ_GF of each scale (dashed)")
+    ax.plot([], [], "kx", ms=4, alpha=0.5, label="not converged (state at T)")
+    ax.set_xscale("log" if _log_spaced(eta) else "linear")
+    ax.set_yscale("log")
+    finite = recs["final_sharpness"][np.isfinite(recs["final_sharpness"])]
+    if finite.size:
+        ax.set_ylim(0.5 * min(finite.min(), 2 * phi), 2 * max(recs["norm_gf"].max(), 2 * phi))
+    ax.set_xlabel("step size η")
+    ax.set_ylabel("sharpness at the end (largest Hessian eigenvalue)")
+    ax.set_title("GD ends flatter than GF, and below 2/η")
+    ax.legend(fontsize="x-small", loc="upper right")
+    return fig
+
+
+def _map(ax, recs, values, cmap, norm):
+    mesh = ax.pcolormesh(recs["eta"], recs["scale"], values.T, cmap=cmap, norm=norm, shading="nearest")
+    ax.set_xscale("log" if _log_spaced(recs["eta"]) else "linear")
+    ax.set_yscale("log" if _log_spaced(recs["scale"]) else "linear")
+    ax.set_xlabel("step size η")
+    ax.set_ylabel("initial scale s  (λ(0) = 2 s² for the imbalanced init)")
+    ax.set_xlim(recs["eta"][0], recs["eta"][-1])
+    ax.set_ylim(recs["scale"][0], recs["scale"][-1])
+    return mesh
+
+
+def _mark(ax, recs, where, colour):
+    """Paint the cells where `where` holds in one flat colour."""
+    if where.any():
+        ax.pcolormesh(recs["eta"], recs["scale"], np.ma.masked_where(~where, where).T.astype(float),
+                      cmap=ListedColormap([colour]), shading="nearest")
+
+
+def _theory_lines(ax, recs, phi):
+    scale = recs["scale"]
+    ax.plot(recs["theorem1_max_lr"], scale, color="cyan", lw=1.6, label="Theorem-1 bound")
+    ax.plot(2.0 / recs["norm_gf"], scale, color="orange", lw=1.6, ls="--", label="η = 2/λ_GF")
+    ax.axvline(1.0 / phi, color="magenta", lw=1.6, ls=":", label="η = 1/Φ")
+
+
+def _log_spaced(values: np.ndarray) -> bool:
+    return values.size > 2 and bool(np.allclose(np.diff(np.log(values)), np.log(values[1] / values[0])))

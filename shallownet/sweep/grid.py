@@ -1,0 +1,180 @@
+"""The sweep's config schema, its checks, and the grid of (eta, initial scale) it describes.
+
+Every check here runs before any run folder is created or any simulation starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from omegaconf import DictConfig
+
+from shallownet.config import ConfigError, load_config, require
+from shallownet.sweep.engine import BACKENDS, StopRule, bytes_per_run, cuda_device_ok
+
+SPACINGS = ("log", "linear")
+SWEEP_INIT_SCHEMES = ("imbalanced", "gaussian")
+RESULT_BYTES_PER_RUN = 160  # the grid of results held in memory (and gathered on rank 0): ~16 float64s
+
+
+@dataclass
+class AxisConfig:
+    start: float = 0.01
+    stop: float = 1.0
+    num: int = 200
+    spacing: str = "log"
+
+
+@dataclass
+class GridConfig:
+    eta: AxisConfig = field(default_factory=AxisConfig)
+    scale: AxisConfig = field(default_factory=AxisConfig)
+
+
+@dataclass
+class SweepInitConfig:
+    scheme: str = "imbalanced"
+    imbalance: float = 0.5
+    width: int = 10
+    seed: int = 0
+
+
+@dataclass
+class StopConfig:
+    max_steps: int = 20000
+    tol: float = 1.0e-8
+    divergence_norm: float = 1.0e12
+
+
+@dataclass
+class EngineConfig:
+    backend: str = "numba"
+    device: str = "cpu"
+    chunk_size: int = 16384
+    memory_mb: float = 2048.0
+
+
+@dataclass
+class SweepOutputConfig:
+    root: str = "runs"
+    name: str = "sweep"
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class SweepConfig:
+    phi: float = 1.0
+    grid: GridConfig = field(default_factory=GridConfig)
+    init: SweepInitConfig = field(default_factory=SweepInitConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    output: SweepOutputConfig = field(default_factory=SweepOutputConfig)
+
+
+def load_sweep_config(path, overrides: list[str]) -> DictConfig:
+    cfg = load_config(SweepConfig, path, overrides)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range checks (types were checked on load), including that the results fit in memory."""
+    require(cfg.phi > 0, "phi", "> 0 (the theory lines and regimes assume a positive target)", cfg.phi)
+    for name in ("eta", "scale"):
+        axis, key = cfg.grid[name], f"grid.{name}"
+        require(axis.num >= 1, f"{key}.num", "an integer >= 1 (an empty grid has nothing to run)", axis.num)
+        require(axis.spacing in SPACINGS, f"{key}.spacing", f"one of {', '.join(SPACINGS)}", axis.spacing)
+        require(axis.start > 0, f"{key}.start", "> 0", axis.start)
+        require(axis.stop > axis.start if axis.num > 1 else axis.stop >= axis.start, f"{key}.stop",
+                f"> {key}.start={axis.start} (the grid is empty or inverted otherwise)", axis.stop)
+    init = cfg.init
+    require(init.scheme in SWEEP_INIT_SCHEMES, "init.scheme", f"one of {', '.join(SWEEP_INIT_SCHEMES)}",
+            init.scheme)
+    require(-1 < init.imbalance < 1, "init.imbalance", "in (-1, 1)", init.imbalance)
+    require(init.width >= 1, "init.width", "an integer >= 1", init.width)
+    stop = cfg.stop
+    require(stop.max_steps >= 1, "stop.max_steps", "an integer >= 1", stop.max_steps)
+    require(stop.tol > 0, "stop.tol", "> 0", stop.tol)
+    require(stop.divergence_norm > 0, "stop.divergence_norm", "> 0", stop.divergence_norm)
+    eng = cfg.engine
+    require(eng.backend in BACKENDS, "engine.backend", f"one of {', '.join(BACKENDS)}", eng.backend)
+    require(eng.device == "cpu" or eng.device.startswith("cuda"), "engine.device", "cpu or cuda[:N]",
+            eng.device)
+    require(eng.backend != "numba" or eng.device == "cpu", "engine.device",
+            "cpu for engine.backend=numba (use engine.backend=torch on a GPU)", eng.device)
+    require(cuda_device_ok(eng.device), "engine.device", "a device present on this machine", eng.device)
+    require(eng.chunk_size >= 1, "engine.chunk_size", "an integer >= 1", eng.chunk_size)
+    physical_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    require(0 < eng.memory_mb <= physical_mb, "engine.memory_mb",
+            f"> 0 and at most this machine's memory ({physical_mb:.0f} MB)", eng.memory_mb)
+    require(bool(cfg.output.name) and "/" not in cfg.output.name, "output.name",
+            "a non-empty folder name without '/'", cfg.output.name)
+    chunk_size(cfg)  # raises when not even one run fits
+
+
+def axis_values(axis: DictConfig) -> np.ndarray:
+    if axis.spacing == "log":
+        return np.geomspace(axis.start, axis.stop, axis.num)
+    return np.linspace(axis.start, axis.stop, axis.num)
+
+
+def n_runs(cfg: DictConfig) -> int:
+    return cfg.grid.eta.num * cfg.grid.scale.num
+
+
+def chunk_size(cfg: DictConfig) -> int:
+    """Runs per chunk: engine.chunk_size, lowered to fit engine.memory_mb next to the results grid."""
+    budget = cfg.engine.memory_mb * 2**20
+    results = n_runs(cfg) * RESULT_BYTES_PER_RUN
+    per_run = bytes_per_run(cfg.engine.backend, cfg.init.width)
+    fits = int((budget - results) // per_run)
+    if fits < 1:
+        raise ConfigError(
+            f"the grid of {cfg.grid.eta.num} x {cfg.grid.scale.num} runs needs {results / 2**20:.0f} MB for its "
+            f"results plus {per_run} bytes per run being simulated, more than engine.memory_mb="
+            f"{cfg.engine.memory_mb:g}; shrink grid.eta.num / grid.scale.num or raise engine.memory_mb")
+    return min(cfg.engine.chunk_size, fits)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The runs of a sweep: run (i, j) has step eta[i] and starts from (a0[j], b0[j]) of scale[j].
+
+    Runs are numbered row-major, flat index i * len(scale) + j.
+    """
+
+    phi: float
+    eta: np.ndarray  # [n_eta]
+    scale: np.ndarray  # [n_scale]
+    a0: np.ndarray  # [n_scale, width]
+    b0: np.ndarray  # [n_scale, width]
+    rule: StopRule
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.eta.size, self.scale.size
+
+    @property
+    def size(self) -> int:
+        return self.eta.size * self.scale.size
+
+    def runs(self, flat: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(eta, init_index) of the runs with the given flat indices (default: all, in order)."""
+        flat = np.arange(self.size) if flat is None else flat
+        return self.eta[flat // self.scale.size], flat % self.scale.size
+
+
+def build_grid(cfg: DictConfig) -> Grid:
+    """Initial points from shallownet.model.initial_vectors, one per scale (the same seed for all)."""
+    from shallownet.model import initial_vectors
+
+    scale = axis_values(cfg.grid.scale)
+    init = cfg.init
+    points = [initial_vectors(init.width, init.scheme, float(s), init.seed, init.imbalance) for s in scale]
+    a0 = np.stack([a.numpy() for a, _ in points])
+    b0 = np.stack([b.numpy() for _, b in points])
+    rule = StopRule(cfg.stop.tol, cfg.stop.divergence_norm, cfg.stop.max_steps)
+    return Grid(cfg.phi, axis_values(cfg.grid.eta), scale, a0, b0, rule)

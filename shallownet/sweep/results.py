@@ -1,0 +1,95 @@
+"""Per-run records of a sweep, derived from the raw runs with the theory formulas; npz and summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from shallownet import theory
+from shallownet.sweep.engine import CONVERGED, DIVERGED, OUTCOMES, Runs
+from shallownet.sweep.grid import Grid
+
+
+def initial_state(grid: Grid) -> dict[str, np.ndarray]:
+    """Per scale: eps(0), lam(0), Qn(0), lam_GF and the Theorem-1 step-size bound."""
+    u0 = ((grid.a0 + grid.b0) ** 2).sum(axis=1)
+    v0 = ((grid.a0 - grid.b0) ** 2).sum(axis=1)
+    eps0, lam0, qn0 = theory.state_from_uv(u0, v0, grid.phi)
+    return {
+        "residual0": eps0,
+        "norm0": lam0,
+        "imbalance0": (grid.a0**2 - grid.b0**2).sum(axis=1),
+        "imbalance_norm0": qn0,
+        "norm_gf": theory.gf_solution_sharpness(qn0, grid.phi),
+        "theorem1_max_lr": theory.theorem1_max_lr(eps0, lam0, grid.phi),
+    }
+
+
+def records(grid: Grid, runs: Runs) -> dict[str, np.ndarray]:
+    """Every per-run record as an [n_eta, n_scale] array, plus the per-axis arrays."""
+    init = initial_state(grid)
+    eta = grid.eta[:, None]
+    outcome = runs.outcome(grid.rule).reshape(grid.shape)
+    factor = runs.factor.reshape(grid.shape)
+    residual, norm = runs.residual.reshape(grid.shape), runs.norm.reshape(grid.shape)
+    converged = outcome == CONVERGED
+    # lam_GD = sqrt(4 phi^2 + P^2 Qn0^2) is the minimum GD reached; defined only where it converged.
+    with np.errstate(invalid="ignore", over="ignore"):  # diverged runs hold inf/nan and huge values
+        norm_gd = np.where(converged, theory.gd_limit_norm(init["imbalance_norm0"], factor, grid.phi), np.nan)
+        sharpness = theory.sharpness(residual, norm, grid.phi)
+    return {
+        "eta": grid.eta,
+        "scale": grid.scale,
+        **init,
+        "outcome": outcome,
+        "steps": runs.steps.reshape(grid.shape),
+        "imbalance_ratio": factor,
+        "final_residual": residual,
+        "final_norm": norm,
+        "final_sharpness": sharpness,
+        "norm_gd_over_gf": norm_gd / init["norm_gf"],
+        "max_step_residual": runs.max_step.reshape(grid.shape),
+        "theorem1_holds": (eta > 0) & (eta < init["theorem1_max_lr"]),
+    }
+
+
+def save_npz(path: Path, recs: dict[str, np.ndarray]) -> None:
+    np.savez_compressed(path, outcome_names=np.array(OUTCOMES), **recs)
+
+
+def summarise(grid: Grid, recs: dict[str, np.ndarray]) -> dict:
+    """Counts, ranges and consistency checks of a sweep, for summary.json."""
+    outcome, steps, ratio = recs["outcome"], recs["steps"], recs["imbalance_ratio"]
+    converged = outcome == CONVERGED
+    eta = recs["eta"][:, None]
+    theorem1 = recs["theorem1_holds"]
+    finite = outcome != DIVERGED
+    # At |eps| <= tol the final norm is within O(tol) of lam_GD: a check of the recorded P.
+    norm_gd = recs["norm_gd_over_gf"] * recs["norm_gf"][None, :]
+    gd_mismatch = np.abs(recs["final_norm"] - norm_gd)[converged]
+    return {
+        "runs": int(outcome.size),
+        "grid_shape": list(outcome.shape),
+        "outcomes": {name: int((outcome == code).sum()) for code, name in enumerate(OUTCOMES)},
+        "config_steps": int(steps.sum()),
+        "steps_converged": _range(steps[converged]),
+        "imbalance_ratio": _range(ratio[finite]),
+        "imbalance_ratio_converged": _range(ratio[converged]),
+        "norm_gd_over_gf_converged": _range(recs["norm_gd_over_gf"][converged]),
+        "max_abs_final_norm_minus_norm_gd": float(gd_mismatch.max()) if gd_mismatch.size else None,
+        "theorem1": {
+            "runs_where_condition_holds": int(theorem1.sum()),
+            "of_which_converged": int((theorem1 & converged).sum()),
+        },
+        "gd_flatter_than_gf_where_converged": int((recs["norm_gd_over_gf"][converged] <= 1.0).sum()),
+        # |eps| <= tol reached at a minimum sharper than 2/eta: an orbit that passed near a minimum GD
+        # cannot stay at (beyond eta = 1/phi every minimum is like that), counted as converged all the same.
+        "converged_at_unstable_minimum": int((converged & (recs["final_sharpness"] > 2.0 / eta)).sum()),
+    }
+
+
+def _range(values: np.ndarray) -> dict | None:
+    if values.size == 0:
+        return None
+    return {"min": float(values.min()), "median": float(np.median(values)), "max": float(values.max())}
