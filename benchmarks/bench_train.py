@@ -44,8 +44,9 @@ def bare_loop(cfg, monitors: bool) -> float:
             model.b -= lr * grads[1]
         if monitors:
             state = quantities.shallow_state(model.a, model.b, cfg.model.phi)
-            state["loss"] = float(half_mse(model(x), y))
-            state["per_unit"] = quantities.imbalance_per_unit(model.a, model.b).detach()
+            with torch.no_grad():
+                state["loss"] = float(half_mse(model(x), y))
+                state["per_unit"] = quantities.imbalance_per_unit(model.a, model.b)
             result = top_eigenvalue(HessianOperator(model, half_mse, (x, y)), vector,
                                     tol=cfg.monitor.sharpness.tol)
             vector = result.vector
