@@ -110,10 +110,8 @@ def gf_limit(a0, b0, phi: float):
     a0, b0 = np.asarray(a0, dtype=np.float64), np.asarray(b0, dtype=np.float64)
     u0, v0 = a0 + b0, a0 - b0
     uu, vv = u0 @ u0, v0 @ v0
-    if vv == 0.0:  # a0 = b0: balanced, the flow moves along u0 only; U_inf = 4 phi
-        x = uu / (4.0 * phi)
-    else:
-        x = (-2.0 * phi + np.sqrt(4.0 * phi * phi + uu * vv)) / vv
+    # x = (-2 phi + sqrt(4 phi^2 + U V)) / V, rationalised: no cancellation when U V << phi^2, and V = 0 works
+    x = uu / (2.0 * phi + np.sqrt(4.0 * phi * phi + uu * vv))
     if not np.isfinite(x) or x <= 0.0:
         raise ValueError("gradient flow from a0 = -b0 (phi > 0) goes to the saddle at 0, not a minimum")
     root = np.sqrt(x)

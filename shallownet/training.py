@@ -140,6 +140,7 @@ def describe(summary: dict, run_dir: Path, root: str) -> str:
         "converged": f"converged in {summary['steps']} steps (|eps| <= {summary['tol']:g})",
         "diverged": f"DIVERGED after {summary['steps']} steps (non-finite values or runaway norm)",
         "max_steps": f"not converged within {summary['steps']} steps (|eps| = {abs(final['residual']):.3g})",
+        "max_time": f"not converged within time {summary.get('time', float('nan')):g} (|eps| = {abs(final['residual']):.3g})",
     }[summary["status"]]
     return "\n".join([
         f"outcome: {outcome}",

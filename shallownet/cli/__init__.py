@@ -13,7 +13,7 @@ from pathlib import Path
 
 from shallownet.config import ConfigError
 
-COMMANDS = ("train",)
+COMMANDS = ("train", "sweep", "compare", "figure1")
 
 USAGE = "usage: shallownet {" + ",".join(COMMANDS) + "} [CONFIG.yaml] [key=value ...]"
 

@@ -1,0 +1,29 @@
+"""`shallownet figure1 [CONFIG] [key=value ...]`: the paper's Figure 1 (d = 1) as PNG and in TensorBoard."""
+
+from __future__ import annotations
+
+from shallownet.config import load_config
+from shallownet.figure1 import Figure1Config, validate_figure1
+from shallownet.run_folder import check_output_root, new_run_dir, provenance, write_config, write_json
+
+SUMMARY = "the paper's Figure 1: GD and GF paths in the (a, b) plane for d = 1 (default configs/figure1.yaml)"
+DEFAULT_CONFIG = "figure1.yaml"
+
+
+def run(config_path: str | None, overrides: list[str]) -> int:
+    cfg = load_config(Figure1Config, config_path, overrides)
+    validate_figure1(cfg)
+    check_output_root(cfg.output.root)
+    from shallownet.figure1 import make_figure1
+
+    run_dir = new_run_dir(cfg.output.root, cfg.output.name)
+    write_config(run_dir, cfg)
+    result = make_figure1(cfg, run_dir)
+    result["provenance"] = provenance()
+    write_json(run_dir / "figure1.json", result)
+    for path in result["paths"]:
+        run = "GF" if path["eta"] is None else f"GD eta={path['eta']:g}"
+        print(f"init {path['init']}: {run:12s} {path['outcome']:9s} in {path['steps']:4d} steps, "
+              f"Q(T)/Q(0) = {path['imbalance_ratio']:.4g}, lam(T) = {path['norm']:.6g}")
+    print(f"figure: {result['png']}\nview it: tensorboard --logdir {run_dir} (IMAGES tab)")
+    return 0

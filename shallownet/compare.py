@@ -1,0 +1,189 @@
+"""GD (one or several step sizes) versus gradient flow from the same initialisation, against theory.md.
+
+Every run is an ordinary shallownet.training.fit run with its own TensorBoard sub-run in one folder
+(gd_lr=0.3/, gf/, ...). All sub-runs share one x-axis: time in units of `time_unit` (t = eta * k for GD,
+the flow time for GF), so their curves overlay in one chart.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional  # noqa: UP035 (omegaconf reads typing.List / Optional only)
+
+from omegaconf import DictConfig, OmegaConf
+
+from shallownet import theory
+from shallownet.config import (
+    DataConfig,
+    InitConfig,
+    ModelConfig,
+    MonitorConfig,
+    OutputConfig,
+    RunConfig,
+    TrainConfig,
+    require,
+    validate_run,
+)
+from shallownet.module import CONVERGED, ShallowNetModule
+
+# --- config ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GDStepSizes:
+    lrs: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.4, 0.5])  # noqa: UP006
+
+
+@dataclass
+class FlowConfig:
+    rtol: float = 1.0e-10
+    atol: float = 1.0e-12
+    max_time: float = 100.0
+
+
+def _imbalanced_model() -> ModelConfig:
+    """lam(0) = 4.5 and Q(0) = 0.8 lam(0): imbalanced enough for GD's flattening to show (as compare.yaml)."""
+    return ModelConfig(init=InitConfig(scheme="imbalanced", scale=1.5, imbalance=0.8))
+
+
+@dataclass
+class CompareConfig:  # the defaults equal configs/compare.yaml
+    model: ModelConfig = field(default_factory=_imbalanced_model)
+    data: DataConfig = field(default_factory=DataConfig)
+    gd: GDStepSizes = field(default_factory=GDStepSizes)
+    gf: FlowConfig = field(default_factory=FlowConfig)
+    time_unit: Optional[float] = None  # noqa: UP045 (None: the smallest GD step size)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    output: OutputConfig = field(default_factory=lambda: OutputConfig(name="compare"))
+
+
+def run_config(cfg: DictConfig, lr: float) -> DictConfig:
+    """The single-run config (RunConfig) of one GD run with step size lr; GF uses it too (lr unused)."""
+    shared = {key: cfg[key] for key in ("model", "data", "train", "monitor", "output")}
+    return OmegaConf.merge(OmegaConf.structured(RunConfig), shared, {"optim": {"lr": lr}})
+
+
+def validate_compare(cfg: DictConfig) -> None:
+    lrs = list(cfg.gd.lrs)
+    require(len(lrs) >= 1, "gd.lrs", "a non-empty list of GD step sizes > 0", lrs)
+    for i, lr in enumerate(lrs):
+        require(lr > 0, f"gd.lrs[{i}]", "> 0", lr)
+    require(len({run_name(lr) for lr in lrs}) == len(lrs), "gd.lrs", "a list of distinct step sizes", lrs)
+    for key in ("rtol", "atol", "max_time"):
+        require(cfg.gf[key] > 0, f"gf.{key}", "> 0", cfg.gf[key])
+    require(cfg.time_unit is None or cfg.time_unit > 0, "time_unit", "> 0 or null", cfg.time_unit)
+    validate_run(run_config(cfg, lrs[0]))
+
+
+# --- running -----------------------------------------------------------------------------------------
+
+
+class TimeAlignedGD(ShallowNetModule):
+    """GD whose TensorBoard step is its time eta * k in units of `time_unit` (see tensorboard.log_step)."""
+
+    def __init__(self, *args, eta: float, time_unit: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eta, self.time_unit = eta, time_unit
+
+    def aligned_step(self) -> int:
+        return round(self.trainer.global_step * self.eta / self.time_unit)
+
+
+def run_name(lr: float | None) -> str:
+    return "gf" if lr is None else f"gd_lr={lr:g}"
+
+
+def compare(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run GD for each step size and GF, each in run_dir/<run name>/; returns the comparison (compare.json)."""
+    from shallownet.callbacks.theory import TheoryMonitor
+    from shallownet.flow_module import fit_flow
+    from shallownet.training import fit
+
+    unit = cfg.time_unit or min(cfg.gd.lrs)
+    summaries, factors = [], []
+    for lr in cfg.gd.lrs:
+        monitor = TheoryMonitor()
+        module_cls = functools.partial(TimeAlignedGD, eta=lr, time_unit=unit)
+        summaries.append(fit(run_config(cfg, lr), run_dir / run_name(lr), extra_callbacks=[monitor],
+                             module_cls=module_cls))
+        factors.append(monitor.factor)
+    summaries.append(fit_flow(run_config(cfg, unit), run_dir / run_name(None), cfg.gf.rtol, cfg.gf.atol,
+                              cfg.gf.max_time, unit))
+    factors.append(1.0)  # gradient flow conserves every Q_i
+    init = summaries[0]["init"]
+    phi = summaries[0]["phi"]
+    lam_gf = float(theory.gf_solution_sharpness(init["imbalance_norm"], phi))
+    rows = [table_row(s, p, run_dir, lam_gf) for s, p in zip(summaries, factors, strict=True)]
+    return {
+        "phi": phi, "width": cfg.model.width, "tol": cfg.train.tol, "time_unit": unit, "init": init,
+        "theory": {
+            "norm_gf": lam_gf,
+            "theorem1_max_lr": float(theory.theorem1_max_lr(init["residual"], init["norm"], phi)),
+            "two_over_norm_gf": 2.0 / lam_gf,
+            "one_over_phi": 1.0 / phi if phi else float("inf"),
+        },
+        "rows": rows,
+    }
+
+
+def table_row(summary: dict, factor: float, run_dir: Path, lam_gf: float) -> dict:
+    """One line of the table: what happened, and theory's limit next to it (for converged runs)."""
+    from shallownet.events import read_scalars
+
+    eta, final, phi = summary["eta"], summary["final"], summary["phi"]
+    name = run_name(eta)
+    ratios = read_scalars(run_dir / name).get("dynamics/imbalance_ratio")
+    row = {
+        "run": name, "eta": eta, "outcome": summary["status"], "steps": summary["steps"],
+        "time": summary["time"] if eta is None else eta * summary["steps"],
+        "grad_evals": summary["grad_evals"] if eta is None else summary["steps"],
+        "regime": "flow" if eta is None else theory.regime(eta, lam_gf, phi),
+        "final_norm": final["norm"], "final_sharpness": final["sharpness"],
+        "imbalance_ratio": float(ratios[1][-1]) if ratios is not None else float("nan"),
+        "factor": factor,
+        "theory_norm_gf": lam_gf,
+        "theory_norm": None, "rel_error_norm": None, "rel_error_sharpness": None,
+    }
+    if summary["status"] == CONVERGED:  # theory's limits are statements about runs that converged
+        qn0 = summary["init"]["imbalance_norm"]
+        expected = lam_gf if eta is None else float(theory.gd_limit_norm(qn0, factor, phi))
+        row.update(theory_norm=expected, rel_error_norm=abs(final["norm"] - expected) / expected,
+                   rel_error_sharpness=abs(final["sharpness"] - expected) / expected)
+    return row
+
+
+# --- the printed table -------------------------------------------------------------------------------
+
+_COLUMNS = (  # (header, row key, format)
+    ("run", "run", "{}"), ("outcome", "outcome", "{}"), ("regime", "regime", "{}"), ("steps", "steps", "{}"),
+    ("time", "time", "{:.4g}"), ("grads", "grad_evals", "{}"), ("lam(T)", "final_norm", "{:.8g}"),
+    ("S(T)", "final_sharpness", "{:.8g}"), ("Q(T)/Q(0)", "imbalance_ratio", "{:.6g}"), ("P", "factor", "{:.6g}"),
+    ("lam theory", "theory_norm", "{:.8g}"), ("rel err lam", "rel_error_norm", "{:.1e}"),
+    ("rel err S", "rel_error_sharpness", "{:.1e}"),
+)
+
+
+def format_table(result: dict) -> str:
+    """The comparison as aligned text: a theory header, then one line per run."""
+    th, init = result["theory"], result["init"]
+    header = [
+        f"phi = {result['phi']:g}, width = {result['width']}, tol = {result['tol']:g}; from eps0 = "
+        f"{init['residual']:.6g}, lam0 = {init['norm']:.6g}, Qn0 = {init['imbalance_norm']:.6g}",
+        f"theory: lam_GF = sqrt(4 phi^2 + Qn0^2) = {th['norm_gf']:.8g}; lam_GD = sqrt(4 phi^2 + P^2 Qn0^2); "
+        f"Theorem-1 bound eta < {th['theorem1_max_lr']:.4g}, 2/lam_GF = {th['two_over_norm_gf']:.4g}, "
+        f"1/phi = {th['one_over_phi']:.4g}",
+        "",
+    ]
+    cells = [[h for h, _, _ in _COLUMNS]]
+    for row in result["rows"]:
+        cells.append(["-" if row[key] is None else fmt.format(row[key]) for _, key, fmt in _COLUMNS])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(_COLUMNS))]
+    lines = []
+    for line in cells:  # names left-aligned, numbers right-aligned
+        pairs = enumerate(zip(line, widths, strict=True))
+        padded = [cell.ljust(width) if i < 3 else cell.rjust(width) for i, (cell, width) in pairs]
+        lines.append("  ".join(padded))
+    return "\n".join(header + lines)
