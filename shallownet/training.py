@@ -136,11 +136,12 @@ def _flat_hparams(cfg: DictConfig) -> dict:
 def describe(summary: dict, run_dir: Path, root: str) -> str:
     """The short human summary printed at the end of a run."""
     final = summary["final"]
+    left = f"|eps| = {abs(final['residual']):.3g}"
     outcome = {
         "converged": f"converged in {summary['steps']} steps (|eps| <= {summary['tol']:g})",
         "diverged": f"DIVERGED after {summary['steps']} steps (non-finite values or runaway norm)",
-        "max_steps": f"not converged within {summary['steps']} steps (|eps| = {abs(final['residual']):.3g})",
-        "max_time": f"not converged within time {summary.get('time', float('nan')):g} (|eps| = {abs(final['residual']):.3g})",
+        "max_steps": f"not converged within {summary['steps']} steps ({left})",
+        "max_time": f"not converged within time {summary.get('time', float('nan')):g} ({left})",
     }[summary["status"]]
     return "\n".join([
         f"outcome: {outcome}",

@@ -131,7 +131,8 @@ def test_summary_endpoints_match_theory(tmp_path):
     init = theory.state(a0.numpy(), b0.numpy(), 1.0)
     assert summary["init"]["residual"] == pytest.approx(init["residual"], rel=1e-14)
     assert summary["init"]["loss"] == pytest.approx(0.5 * init["residual"] ** 2, rel=1e-14)
-    assert summary["init"]["sharpness"] == pytest.approx(theory.sharpness(init["residual"], init["norm"], 1.0), rel=1e-8)
+    init_sharpness = theory.sharpness(init["residual"], init["norm"], 1.0)
+    assert summary["init"]["sharpness"] == pytest.approx(init_sharpness, rel=1e-8)
     final = summary["final"]
     assert final["sharpness"] == pytest.approx(theory.sharpness(final["residual"], final["norm"], 1.0), rel=1e-8)
     # identity lam^2 = 4 (eps + phi)^2 + Qn^2 along the trajectory
