@@ -17,6 +17,6 @@ step nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 step python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 step python3 -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests
 step python3 -m shallownet train configs/train.yaml train.device=cuda output.root=/tmp/gpu_runs
-step python3 benchmarks/bench_sweep.py --device cuda
-step python3 benchmarks/bench_curvature.py --device cuda --quick
+step python3 benchmarks/bench_sweep.py --device cuda --skip-end-to-end
+step python3 benchmarks/bench_curvature_gpu.py
 exit $status
