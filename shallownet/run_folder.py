@@ -30,6 +30,22 @@ def new_run_dir(root: str | Path, name: str) -> Path:
             version += 1
 
 
+def open_run(schema: type, validate, config_path: str | None, overrides: list[str]) -> tuple[DictConfig, Path]:
+    """Load and validate a command's config, then create its run folder and write config.yaml into it.
+
+    Every check (names, types, ranges, output root) happens before the folder exists, so bad input
+    leaves nothing on disk.
+    """
+    from shallownet.config import load_config
+
+    cfg = load_config(schema, config_path, overrides)
+    validate(cfg)
+    check_output_root(cfg.output.root)
+    run_dir = new_run_dir(cfg.output.root, cfg.output.name)
+    write_config(run_dir, cfg)
+    return cfg, run_dir
+
+
 def check_output_root(root: str | Path) -> None:
     """Fail early (ConfigError) when runs cannot be written under `root`."""
     from shallownet.config import ConfigError

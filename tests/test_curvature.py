@@ -230,7 +230,7 @@ def test_falls_back_to_double_backward_once():
     torch.manual_seed(0)
     model = NoForwardAdNet()
     _, loss_fn, data = mlp_problem()
-    op = HessianOperator(model, loss_fn, data)
+    op = HessianOperator(model, loss_fn, data, method="forward-over-reverse")
     v = torch.ones(op.dim, dtype=torch.float64)
     with pytest.warns(RuntimeWarning, match="double-backward"):
         first = op(v)
@@ -377,3 +377,23 @@ def test_tracker_survives_a_repeated_solve_at_the_same_point():
     a, b = net.a.detach().numpy(), net.b.detach().numpy()
     expected = theory.sharpness(float(a @ b) - 1.0, float(a @ a + b @ b), 1.0)
     assert moved.converged and moved.value == pytest.approx(expected, rel=1e-10)
+
+
+def test_kept_graph_follows_the_parameters():
+    """The double-backward HVP reuses its first-order graph only while the parameters are unchanged."""
+    model, loss_fn, data = mlp_problem("tanh", seed=13)
+    op = HessianOperator(model, loss_fn, data)
+    v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    before = op(v)
+    torch.testing.assert_close(op(v), before, rtol=0, atol=0)  # from the kept graph
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.1)  # an in-place update, as GD makes
+    after = op(v)
+    fresh = HessianOperator(model, loss_fn, data)(v)
+    torch.testing.assert_close(after, fresh, rtol=1e-13, atol=1e-15)
+    assert (after - before).abs().max() > 1e-6
+    model.eval()  # the mode is part of the point as well (dropout, batch norm)
+    assert op._kept_graph is not None
+    op.release()
+    assert op._kept_graph is None
+    torch.testing.assert_close(op(v), fresh, rtol=1e-13, atol=1e-15)

@@ -92,7 +92,9 @@ class SharpnessMonitor(Callback):
         op = self._operator_for(pl_module)
         self.tracker.tol = max(self.tol, 1000 * torch.finfo(op.dtype).eps)
         with full_precision():  # also under no_grad / inference_mode: the solver's vectors must be normal
-            return self.tracker.solve(op)
+            result = self.tracker.solve(op)
+        op.release()  # no activations held between logged steps
+        return result
 
     def _operator_for(self, pl_module: L.LightningModule) -> HessianOperator:
         inputs, targets = self.data if self.data is not None else pl_module.curvature_data()

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 from shallownet.compare import CompareConfig, validate_compare
-from shallownet.config import load_config
-from shallownet.run_folder import check_output_root, new_run_dir, provenance, write_config, write_json
+from shallownet.run_folder import open_run, provenance, write_json
 
 SUMMARY = "GD (several step sizes) vs gradient flow from one init, with theory's limits (default configs/compare.yaml)"
 DEFAULT_CONFIG = "compare.yaml"
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
-    cfg = load_config(CompareConfig, config_path, overrides)
-    validate_compare(cfg)
-    check_output_root(cfg.output.root)
-    from shallownet.compare import compare, format_table  # heavy imports only once the input is known good
+    cfg, run_dir = open_run(CompareConfig, validate_compare, config_path, overrides)
+    from shallownet.compare import compare, format_table
 
-    run_dir = new_run_dir(cfg.output.root, cfg.output.name)
-    write_config(run_dir, cfg)
     result = compare(cfg, run_dir)
     result["provenance"] = provenance()
     write_json(run_dir / "compare.json", result)

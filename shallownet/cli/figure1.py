@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from shallownet.config import load_config
 from shallownet.figure1 import Figure1Config, validate_figure1
-from shallownet.run_folder import check_output_root, new_run_dir, provenance, write_config, write_json
+from shallownet.run_folder import open_run, provenance, write_json
 
 SUMMARY = "the paper's Figure 1: GD and GF paths in the (a, b) plane for d = 1 (default configs/figure1.yaml)"
 DEFAULT_CONFIG = "figure1.yaml"
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
-    cfg = load_config(Figure1Config, config_path, overrides)
-    validate_figure1(cfg)
-    check_output_root(cfg.output.root)
+    cfg, run_dir = open_run(Figure1Config, validate_figure1, config_path, overrides)
     from shallownet.figure1 import make_figure1
 
-    run_dir = new_run_dir(cfg.output.root, cfg.output.name)
-    write_config(run_dir, cfg)
     result = make_figure1(cfg, run_dir)
     result["provenance"] = provenance()
     write_json(run_dir / "figure1.json", result)

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from shallownet.config import RunConfig, load_config, validate_run
-from shallownet.run_folder import check_output_root, new_run_dir, provenance, write_config, write_json
+from shallownet.config import RunConfig, validate_run
+from shallownet.run_folder import open_run, provenance, write_json
 
 SUMMARY = "one GD run of the shallow net, logged to TensorBoard (default configs/train.yaml)"
 DEFAULT_CONFIG = "train.yaml"
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
-    cfg = load_config(RunConfig, config_path, overrides)
-    validate_run(cfg)
-    check_output_root(cfg.output.root)
+    cfg, run_dir = open_run(RunConfig, validate_run, config_path, overrides)
     from shallownet.training import describe, fit  # heavy imports only once the input is known good
 
-    run_dir = new_run_dir(cfg.output.root, cfg.output.name)
-    write_config(run_dir, cfg)
     summary = fit(cfg, run_dir)
     summary["provenance"] = provenance()
     write_json(run_dir / "summary.json", summary)

@@ -59,9 +59,13 @@ class HessianOperator:
     `loss_fn(outputs, targets)` must return the mean loss over the rows it is given.
 
     method:
-      forward-over-reverse  jvp of grad with torch.func (default). If some operation lacks forward-mode
-                            AD, the operator warns once and uses double-backward from then on.
-      double-backward       torch.autograd.grad with create_graph=True, then a second autograd.grad.
+      double-backward       torch.autograd.grad with create_graph=True, then a second autograd.grad
+                            (default). When the data is one chunk, the first-order graph is kept while
+                            the parameters stay unchanged, so the HVPs of one eigen-solve cost a second
+                            backward each (~1.9 gradients, against ~3.7 for forward-over-reverse on the
+                            digits MLP on CPU; benchmarks/bench_curvature.py). `release()` frees it.
+      forward-over-reverse  jvp of grad with torch.func. If some operation lacks forward-mode AD, the
+                            operator warns once and uses double-backward from then on.
       finite-difference     central differences of gradients, (g(p + h v) - g(p - h v)) / 2h, with
                             h = fd_step * max(1, |p|) / |v|; fd_step defaults to cbrt(machine eps).
     The model's train/eval mode is never changed and no .grad is written.
@@ -74,7 +78,7 @@ class HessianOperator:
         data: tuple[torch.Tensor, torch.Tensor],
         *,
         chunk_size: int | None = None,
-        method: str = FORWARD_OVER_REVERSE,
+        method: str = DOUBLE_BACKWARD,
         fd_step: float | None = None,
     ):
         inputs, targets = data
@@ -95,6 +99,7 @@ class HessianOperator:
         self.dtype, self.device = params[0].dtype, params[0].device
         # cbrt(eps) balances the O(h^2) truncation error against the O(eps / h) round-off.
         self.fd_step = fd_step if fd_step is not None else torch.finfo(self.dtype).eps ** (1 / 3)
+        self._kept_graph: tuple[tuple, tuple[torch.Tensor, ...]] | None = None  # (parameter state, gradients)
 
     # --- public -------------------------------------------------------------------------------------
 
@@ -119,6 +124,10 @@ class HessianOperator:
             if self.method == DOUBLE_BACKWARD:
                 return self._accumulate(self._hvp_double_backward, vector)
             return self._hvp_finite_difference(vector)
+
+    def release(self) -> None:
+        """Free the kept first-order graph (double-backward); the next HVP rebuilds it."""
+        self._kept_graph = None
 
     def gradient(self) -> torch.Tensor:
         """The flat gradient of the mean loss at the current parameters (the cost unit for HVPs)."""
@@ -158,15 +167,29 @@ class HessianOperator:
 
     def _hvp_double_backward(self, params, tangents, x, y):
         live = list(trainable_parameters(self.model).values())
-        loss = self.loss_fn(self.model(x), y)
-        grads = torch.autograd.grad(loss, live, create_graph=True, allow_unused=True, materialize_grads=True)
+        grads = self._first_order_graph(live, x, y)
         # A gradient that does not depend on the parameters (loss linear in them) has zero derivative.
         linked = [(g, t) for g, t in zip(grads, tangents.values(), strict=True) if g.requires_grad]
         if not linked:
             return [torch.zeros_like(p) for p in live]
         outputs, grad_outputs = zip(*linked, strict=True)
         return torch.autograd.grad(outputs, live, grad_outputs=grad_outputs, allow_unused=True,
-                                   materialize_grads=True)
+                                   materialize_grads=True, retain_graph=self._kept_graph is not None)
+
+    def _first_order_graph(self, live: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor):
+        """Gradients with their graph; kept and reused while the parameters are unchanged.
+
+        In-place updates bump a tensor's _version, so (data_ptr, _version) of every parameter, with the
+        train/eval mode, identifies the point. Kept only for single-chunk data: for chunked data keeping
+        every chunk's graph would defeat the chunking's memory bound.
+        """
+        state = (tuple((p.data_ptr(), p._version) for p in live), self.model.training)
+        if self._kept_graph is not None and self._kept_graph[0] == state:
+            return self._kept_graph[1]
+        loss = self.loss_fn(self.model(x), y)
+        grads = torch.autograd.grad(loss, live, create_graph=True, allow_unused=True, materialize_grads=True)
+        self._kept_graph = (state, grads) if self.chunk_size >= len(self.inputs) else None
+        return grads
 
     def _hvp_finite_difference(self, vector: torch.Tensor) -> torch.Tensor:
         params = self._detached_params()
