@@ -1,8 +1,8 @@
 """Cost per GD step of the Lightning path against a bare PyTorch loop doing the same work.
 
 Both sides take the same GD steps on the same shallow net and compute, at every step, the same
-quantities: loss, eps, lam, Q, Qn, Q_i and the sharpness (warm-started Lanczos on Hessian-vector
-products, same tolerance). The Lightning side also writes them to TensorBoard. Then the default
+quantities: loss, eps, lam, Q, Qn, Q_i and the sharpness (the monitor's warm-started Lanczos tracker on
+Hessian-vector products, same tolerance). The Lightning side also writes them to TensorBoard. Then the default
 `shallownet train` is timed end to end (target: under 30 s on 2 cores).
 
     python benchmarks/bench_train.py [--steps 400]
@@ -21,7 +21,7 @@ import torch
 
 from shallownet import quantities
 from shallownet.config import RunConfig, load_config
-from shallownet.curvature import HessianOperator, top_eigenvalue
+from shallownet.curvature import EigenTracker, HessianOperator
 from shallownet.data import regression_points
 from shallownet.model import ScalarLinearNet, initial_vectors
 from shallownet.module import half_mse
@@ -34,7 +34,8 @@ def bare_loop(cfg, monitors: bool) -> float:
     """Seconds per step of plain PyTorch GD, computing the monitored quantities when asked."""
     model = ScalarLinearNet(*initial_vectors(cfg.model.width, seed=cfg.model.init.seed))
     x, y = regression_points(1, cfg.model.phi, 0.0, 0)
-    vector, lr, steps = None, cfg.optim.lr, cfg.train.max_steps
+    tracker = EigenTracker(tol=cfg.monitor.sharpness.tol)  # the solver SharpnessMonitor uses, warm-started
+    lr, steps = cfg.optim.lr, cfg.train.max_steps
     start = time.perf_counter()
     for _ in range(steps):
         loss = half_mse(model(x), y)
@@ -47,9 +48,9 @@ def bare_loop(cfg, monitors: bool) -> float:
             with torch.no_grad():
                 state["loss"] = float(half_mse(model(x), y))
                 state["per_unit"] = quantities.imbalance_per_unit(model.a, model.b)
-            result = top_eigenvalue(HessianOperator(model, half_mse, (x, y)), vector,
-                                    tol=cfg.monitor.sharpness.tol)
-            vector = result.vector
+            operator = HessianOperator(model, half_mse, (x, y))
+            state["sharpness"] = tracker.solve(operator).value
+            operator.release()
     return (time.perf_counter() - start) / steps
 
 

@@ -397,3 +397,16 @@ def test_kept_graph_follows_the_parameters():
     op.release()
     assert op._kept_graph is None
     torch.testing.assert_close(op(v), fresh, rtol=1e-13, atol=1e-15)
+
+
+def test_start_block_larger_than_the_space():
+    """A warm-start block with more vectors than parameters (tracking a width-1 net: dim 2, depth 3)."""
+    from shallownet.model import ScalarLinearNet
+    from shallownet.module import half_mse
+
+    net = ScalarLinearNet(torch.tensor([0.7], dtype=torch.float64), torch.tensor([-1.3], dtype=torch.float64))
+    op = HessianOperator(net, half_mse, (torch.ones(1, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)))
+    block = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    result = lanczos(op, block, tol=1e-12)
+    expected = theory.sharpness(0.7 * -1.3 - 1.0, 0.7**2 + 1.3**2, 1.0)
+    assert result.converged and result.n_hvp == 2 and result.value == pytest.approx(expected, rel=1e-12)

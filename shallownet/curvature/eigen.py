@@ -80,23 +80,24 @@ def lanczos(hvp: Hvp, v0: torch.Tensor | None = None, *, k: int = 1, tol: float 
     size, n_hvp, fresh = 0, 0, 0
     while True:
         q = _orthonormalise(pending.pop(0), basis[:size])
-        if q is None:  # in the span already: continue with a fresh random direction
+        if q is None and size < dim:  # in the span already: continue with a fresh random direction
             if not pending:
                 fresh += 1
                 pending.append(_random_like(basis[0], seed + fresh))
             if fresh <= max_iter:
                 continue
             raise RuntimeError("lanczos: no direction outside the basis found; is hvp symmetric and finite?")
-        basis[size], products[size] = q, hvp(q)
-        n_hvp += 1
-        column = (basis[: size + 1] @ products[size]).double().cpu()
-        if not bool(torch.isfinite(column).all()):  # a non-finite Hessian has no eigenvalues to report
-            nan = torch.full((k,), float("nan"), dtype=dtype, device=device)
-            vectors = torch.full((k, dim), float("nan"), dtype=dtype, device=device)
-            return EigenResult(nan, vectors, nan, n_hvp, False)
-        projected[size, : size + 1] = column
-        projected[: size + 1, size] = column
-        size += 1
+        if q is not None:  # (None here: the basis spans the whole space, e.g. a start block larger than dim)
+            basis[size], products[size] = q, hvp(q)
+            n_hvp += 1
+            column = (basis[: size + 1] @ products[size]).double().cpu()
+            if not bool(torch.isfinite(column).all()):  # a non-finite Hessian has no eigenvalues to report
+                nan = torch.full((k,), float("nan"), dtype=dtype, device=device)
+                vectors = torch.full((k, dim), float("nan"), dtype=dtype, device=device)
+                return EigenResult(nan, vectors, nan, n_hvp, False)
+            projected[size, : size + 1] = column
+            projected[: size + 1, size] = column
+            size += 1
         if pending:  # the rest of the start block first
             continue
         values, vectors, residuals, residual_vectors = _ritz(basis[:size], products[:size],
