@@ -187,6 +187,19 @@ def require(condition: bool, key: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
 
 
+def require_device(device: str, key: str) -> None:
+    """`device` is 'cpu', or 'cuda[:N]' with that GPU present on this machine."""
+    require(device == "cpu" or device.startswith("cuda"), key, "cpu or cuda[:N]", device)
+    if device == "cpu":
+        return
+    import torch
+
+    index = device.partition(":")[2]
+    in_range = index == "" or (index.isdigit() and int(index) < torch.cuda.device_count())
+    present = torch.cuda.is_available() and in_range
+    require(present, key, "cpu or a CUDA device present on this machine", device)
+
+
 def validate_run(cfg: DictConfig) -> None:
     """Range checks for RunConfig (types were checked on load)."""
     from shallownet.model import INIT_SCHEMES
@@ -211,16 +224,10 @@ def validate_run(cfg: DictConfig) -> None:
     require(t.tol > 0, "train.tol", "> 0", t.tol)
     require(t.divergence_norm > 0, "train.divergence_norm", "> 0", t.divergence_norm)
     require(t.dtype in DTYPES, "train.dtype", f"one of {', '.join(DTYPES)}", t.dtype)
-    require(t.device == "cpu" or t.device.startswith("cuda"), "train.device", "cpu or cuda[:N]", t.device)
+    require_device(t.device, "train.device")
     mon = cfg.monitor
     require(mon.every_n_steps >= 1, "monitor.every_n_steps", "an integer >= 1", mon.every_n_steps)
     require(mon.sharpness.every_n_steps >= 0, "monitor.sharpness.every_n_steps",
             "an integer >= 0 (0 turns the sharpness monitor off)", mon.sharpness.every_n_steps)
     require(mon.sharpness.tol > 0, "monitor.sharpness.tol", "> 0", mon.sharpness.tol)
     require(mon.sharpness.max_iter >= 1, "monitor.sharpness.max_iter", "an integer >= 1", mon.sharpness.max_iter)
-    require(bool(cfg.output.name) and "/" not in cfg.output.name, "output.name",
-            "a non-empty folder name without '/'", cfg.output.name)
-    if t.device != "cpu":
-        import torch
-
-        require(torch.cuda.is_available(), "train.device", "cpu (no CUDA device is available here)", t.device)

@@ -61,8 +61,6 @@ def validate_figure1(cfg: DictConfig) -> None:
     require(cfg.max_steps >= 1, "max_steps", "an integer >= 1", cfg.max_steps)
     for key in ("tol", "flow_max_step", "extent"):
         require(cfg[key] > 0, key, "> 0", cfg[key])
-    require(bool(cfg.output.name) and "/" not in cfg.output.name, "output.name",
-            "a non-empty folder name without '/'", cfg.output.name)
 
 
 # --- paths -------------------------------------------------------------------------------------------

@@ -40,17 +40,19 @@ def open_run(schema: type, validate, config_path: str | None, overrides: list[st
 
     cfg = load_config(schema, config_path, overrides)
     validate(cfg)
-    check_output_root(cfg.output.root)
+    check_output(cfg.output)
     run_dir = new_run_dir(cfg.output.root, cfg.output.name)
     write_config(run_dir, cfg)
     return cfg, run_dir
 
 
-def check_output_root(root: str | Path) -> None:
-    """Fail early (ConfigError) when runs cannot be written under `root`."""
-    from shallownet.config import ConfigError
+def check_output(output: DictConfig) -> None:
+    """Fail early (ConfigError) on a bad output.name or when runs cannot be written under output.root."""
+    from shallownet.config import ConfigError, require
 
-    path = Path(root)
+    require(bool(output.name) and "/" not in output.name, "output.name", "a non-empty folder name without '/'",
+            output.name)
+    path = Path(output.root)
     while not path.exists():
         path = path.parent
     if not path.is_dir():

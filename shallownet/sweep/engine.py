@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 BACKENDS = ("numba", "torch", "batched")
 
@@ -104,13 +103,3 @@ def _batched(a0, b0, eta, phi, rule, device):
 
     out = run_ab_torch(a0, b0, eta, phi, rule.tol, rule.divergence_norm, rule.max_steps, device=device)
     return tuple(t.cpu().numpy() for t in out)
-
-
-def cuda_device_ok(device: str) -> bool:
-    """Whether `device` names a usable device here ('cpu', or 'cuda[:N]' with that GPU present)."""
-    if device == "cpu":
-        return True
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        return False
-    index = device.partition(":")[2]
-    return index == "" or (index.isdigit() and int(index) < torch.cuda.device_count())

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from omegaconf import DictConfig
 
-from shallownet.config import ConfigError, load_config, require
-from shallownet.sweep.engine import BACKENDS, StopRule, bytes_per_run, cuda_device_ok
+from shallownet.config import ConfigError, load_config, require, require_device
+from shallownet.sweep.engine import BACKENDS, StopRule, bytes_per_run
 
 SPACINGS = ("log", "linear")
 SWEEP_INIT_SCHEMES = ("imbalanced", "gaussian")
@@ -101,17 +101,13 @@ def validate(cfg: DictConfig) -> None:
     require(stop.divergence_norm > 0, "stop.divergence_norm", "> 0", stop.divergence_norm)
     eng = cfg.engine
     require(eng.backend in BACKENDS, "engine.backend", f"one of {', '.join(BACKENDS)}", eng.backend)
-    require(eng.device == "cpu" or eng.device.startswith("cuda"), "engine.device", "cpu or cuda[:N]",
-            eng.device)
+    require_device(eng.device, "engine.device")
     require(eng.backend != "numba" or eng.device == "cpu", "engine.device",
             "cpu for engine.backend=numba (use engine.backend=torch on a GPU)", eng.device)
-    require(cuda_device_ok(eng.device), "engine.device", "a device present on this machine", eng.device)
     require(eng.chunk_size >= 1, "engine.chunk_size", "an integer >= 1", eng.chunk_size)
     physical_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
     require(0 < eng.memory_mb <= physical_mb, "engine.memory_mb",
             f"> 0 and at most this machine's memory ({physical_mb:.0f} MB)", eng.memory_mb)
-    require(bool(cfg.output.name) and "/" not in cfg.output.name, "output.name",
-            "a non-empty folder name without '/'", cfg.output.name)
     chunk_size(cfg)  # raises when not even one run fits
 
 
