@@ -7,7 +7,6 @@ the flow time for GF), so their curves overlay in one chart.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional  # noqa: UP035 (omegaconf reads typing.List / Optional only)
@@ -16,17 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from shallownet import theory
 from shallownet.config import (
-    DataConfig,
-    InitConfig,
-    ModelConfig,
     MonitorConfig,
     OutputConfig,
     RunConfig,
     TrainConfig,
+    TrainerConfig,
+    kind_section,
     require,
     validate_run,
 )
-from shallownet.module import CONVERGED, ShallowNetModule
+from shallownet.stop import CONVERGED
 
 # --- config ------------------------------------------------------------------------------------------
 
@@ -43,27 +41,37 @@ class FlowConfig:
     max_time: float = 100.0
 
 
-def _imbalanced_model() -> ModelConfig:
-    """lam(0) = 4.5 and Q(0) = 0.8 lam(0): imbalanced enough for GD's flattening to show (as compare.yaml)."""
-    return ModelConfig(init=InitConfig(scheme="imbalanced", scale=1.5, imbalance=0.8))
-
-
 @dataclass
-class CompareConfig:  # the defaults equal configs/compare.yaml
-    model: ModelConfig = field(default_factory=_imbalanced_model)
-    data: DataConfig = field(default_factory=DataConfig)
+class CompareConfig:  # configs/compare.yaml shows these defaults
+    model: Optional[dict] = kind_section("model", default="scalar_linear")  # noqa: UP045
+    data: Optional[dict] = kind_section("data")  # noqa: UP045
+    loss: Optional[str] = None  # noqa: UP045
     gd: GDStepSizes = field(default_factory=GDStepSizes)
     gf: FlowConfig = field(default_factory=FlowConfig)
     time_unit: Optional[float] = None  # noqa: UP045 (None: the smallest GD step size)
     train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     output: OutputConfig = field(default_factory=lambda: OutputConfig(name="compare"))
 
+    # lam(0) = 4.5 and Q(0) = 0.8 lam(0): imbalanced enough for GD's flattening to show
+    kind_defaults = {"scalar_linear": {"model": {"init": {"scheme": "imbalanced", "scale": 1.5, "imbalance": 0.8}}}}
 
-def run_config(cfg: DictConfig, lr: float) -> DictConfig:
-    """The single-run config (RunConfig) of one GD run with step size lr; GF uses it too (lr unused)."""
-    shared = {key: cfg[key] for key in ("model", "data", "train", "monitor", "output")}
-    return OmegaConf.merge(OmegaConf.structured(RunConfig), shared, {"optim": {"lr": lr}})
+
+def run_config(cfg: DictConfig, lr: float | None) -> DictConfig:
+    """The train config of one sub-run: GD with step size lr, or gradient flow (lr None)."""
+    unit = time_unit(cfg)
+    shared = {key: cfg[key] for key in ("model", "data", "loss", "train", "trainer", "monitor", "output")}
+    optim = ({"method": "gd", "lr": lr} if lr is not None else
+             {"method": "flow", "lr": unit, "rtol": cfg.gf.rtol, "atol": cfg.gf.atol})
+    train = {"time_unit": unit, "max_time": None if lr is not None else cfg.gf.max_time}
+    base = OmegaConf.structured(RunConfig)
+    OmegaConf.set_struct(base, False)
+    return OmegaConf.merge(base, shared, {"optim": optim, "train": train})
+
+
+def time_unit(cfg: DictConfig) -> float:
+    return cfg.time_unit or min(cfg.gd.lrs)
 
 
 def validate_compare(cfg: DictConfig) -> None:
@@ -75,21 +83,11 @@ def validate_compare(cfg: DictConfig) -> None:
     for key in ("rtol", "atol", "max_time"):
         require(cfg.gf[key] > 0, f"gf.{key}", "> 0", cfg.gf[key])
     require(cfg.time_unit is None or cfg.time_unit > 0, "time_unit", "> 0 or null", cfg.time_unit)
-    validate_run(run_config(cfg, lrs[0]))
+    for lr in (*lrs, None):
+        validate_run(run_config(cfg, lr))
 
 
 # --- running -----------------------------------------------------------------------------------------
-
-
-class TimeAlignedGD(ShallowNetModule):
-    """GD whose TensorBoard step is its time eta * k in units of `time_unit` (see tensorboard.log_step)."""
-
-    def __init__(self, *args, eta: float, time_unit: float, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eta, self.time_unit = eta, time_unit
-
-    def aligned_step(self) -> int:
-        return round(self.trainer.global_step * self.eta / self.time_unit)
 
 
 def run_name(lr: float | None) -> str:
@@ -97,61 +95,56 @@ def run_name(lr: float | None) -> str:
 
 
 def compare(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run GD for each step size and GF, each in run_dir/<run name>/; returns the comparison (compare.json)."""
-    from shallownet.callbacks.theory import TheoryMonitor
-    from shallownet.flow_module import fit_flow
-    from shallownet.training import fit
+    """Run GD for each step size and GF, each in run_dir/<run name>/; returns the comparison (compare.json).
 
-    unit = cfg.time_unit or min(cfg.gd.lrs)
+    Shallow-net quantities (eps, lam, Qn) give theory's limits; other models get the measured table.
+    """
+    from shallownet.callbacks.theory import TheoryMonitor
+    from shallownet.training import run
+
     summaries, factors = [], []
-    for lr in cfg.gd.lrs:
-        monitor = TheoryMonitor()
-        module_cls = functools.partial(TimeAlignedGD, eta=lr, time_unit=unit)
-        summaries.append(fit(run_config(cfg, lr), run_dir / run_name(lr), extra_callbacks=[monitor],
-                             module_cls=module_cls))
-        factors.append(monitor.factor)
-    summaries.append(fit_flow(run_config(cfg, unit), run_dir / run_name(None), cfg.gf.rtol, cfg.gf.atol,
-                              cfg.gf.max_time, unit))
-    factors.append(1.0)  # gradient flow conserves every Q_i
-    init = summaries[0]["init"]
-    phi = summaries[0]["phi"]
-    lam_gf = float(theory.gf_solution_sharpness(init["imbalance_norm"], phi))
-    rows = [table_row(s, p, run_dir, lam_gf) for s, p in zip(summaries, factors, strict=True)]
-    return {
-        "phi": phi, "width": cfg.model.width, "tol": cfg.train.tol, "time_unit": unit, "init": init,
-        "theory": {
+    shallow = cfg.model.kind == "scalar_linear"
+    for lr in (*cfg.gd.lrs, None):
+        monitors = [TheoryMonitor()] if shallow and lr is not None else []
+        (run_dir / run_name(lr)).mkdir()
+        summaries.append(run(run_config(cfg, lr), run_dir / run_name(lr), extra_callbacks=monitors))
+        factors.append(monitors[0].factor if monitors else (1.0 if shallow else None))  # GF conserves every Q_i
+    init, phi = summaries[0]["init"], summaries[0]["phi"]
+    result = {"model": cfg.model.kind, "phi": phi, "width": cfg.model.get("width"), "tol": cfg.train.tol,
+              "time_unit": time_unit(cfg), "init": init, "theory": None}
+    lam_gf = None
+    if shallow:
+        lam_gf = float(theory.gf_solution_sharpness(init["imbalance_norm"], phi))
+        result["theory"] = {
             "norm_gf": lam_gf,
             "theorem1_max_lr": float(theory.theorem1_max_lr(init["residual"], init["norm"], phi)),
             "two_over_norm_gf": 2.0 / lam_gf,
             "one_over_phi": 1.0 / phi if phi else float("inf"),
-        },
-        "rows": rows,
-    }
+        }
+    result["rows"] = [table_row(s, p, lam_gf) for s, p in zip(summaries, factors, strict=True)]
+    return result
 
 
-def table_row(summary: dict, factor: float, run_dir: Path, lam_gf: float) -> dict:
-    """One line of the table: what happened, and theory's limit next to it (for converged runs)."""
-    from shallownet.events import read_scalars
-
+def table_row(summary: dict, factor: float | None, lam_gf: float | None) -> dict:
+    """One line of the table: what happened (from the run's own summary), and theory's limit next to it
+    for a converged shallow net."""
     eta, final, phi = summary["eta"], summary["final"], summary["phi"]
-    name = run_name(eta)
-    ratios = read_scalars(run_dir / name).get("dynamics/imbalance_ratio")
     row = {
-        "run": name, "eta": eta, "outcome": summary["status"], "steps": summary["steps"],
+        "run": run_name(eta), "eta": eta, "outcome": summary["status"], "steps": summary["steps"],
         "time": summary["time"] if eta is None else eta * summary["steps"],
         "grad_evals": summary["grad_evals"] if eta is None else summary["steps"],
-        "regime": "flow" if eta is None else theory.regime(eta, lam_gf, phi),
-        "final_norm": final["norm"], "final_sharpness": final["sharpness"],
-        "imbalance_ratio": float(ratios[1][-1]) if ratios is not None else float("nan"),
-        "factor": factor,
-        "theory_norm_gf": lam_gf,
+        "regime": "flow" if eta is None else theory.regime(eta, lam_gf, phi) if lam_gf else "-",
+        "final_norm": final.get("norm"), "final_sharpness": final.get("sharpness"),
+        "imbalance_ratio": final.get("imbalance_ratio"), "final_loss": final.get("loss"),
+        "factor": factor, "theory_norm_gf": lam_gf,
         "theory_norm": None, "rel_error_norm": None, "rel_error_sharpness": None,
     }
-    if summary["status"] == CONVERGED:  # theory's limits are statements about runs that converged
+    if lam_gf is not None and summary["status"] == CONVERGED:  # theory's limits are about converged runs
         qn0 = summary["init"]["imbalance_norm"]
         expected = lam_gf if eta is None else float(theory.gd_limit_norm(qn0, factor, phi))
-        row.update(theory_norm=expected, rel_error_norm=abs(final["norm"] - expected) / expected,
-                   rel_error_sharpness=abs(final["sharpness"] - expected) / expected)
+        row.update(theory_norm=expected, rel_error_norm=abs(final["norm"] - expected) / expected)
+        if final.get("sharpness") is not None:
+            row["rel_error_sharpness"] = abs(final["sharpness"] - expected) / expected
     return row
 
 
@@ -169,14 +162,17 @@ _COLUMNS = (  # (header, row key, format)
 def format_table(result: dict) -> str:
     """The comparison as aligned text: a theory header, then one line per run."""
     th, init = result["theory"], result["init"]
-    header = [
-        f"phi = {result['phi']:g}, width = {result['width']}, tol = {result['tol']:g}; from eps0 = "
-        f"{init['residual']:.6g}, lam0 = {init['norm']:.6g}, Qn0 = {init['imbalance_norm']:.6g}",
-        f"theory: lam_GF = sqrt(4 phi^2 + Qn0^2) = {th['norm_gf']:.8g}; lam_GD = sqrt(4 phi^2 + P^2 Qn0^2); "
-        f"Theorem-1 bound eta < {th['theorem1_max_lr']:.4g}, 2/lam_GF = {th['two_over_norm_gf']:.4g}, "
-        f"1/phi = {th['one_over_phi']:.4g}",
-        "",
-    ]
+    if th is None:
+        header = [f"model {result['model']}, tol = {result['tol']:g}; initial loss {init.get('loss'):.6g}", ""]
+    else:
+        header = [
+            f"phi = {result['phi']:g}, width = {result['width']}, tol = {result['tol']:g}; from eps0 = "
+            f"{init['residual']:.6g}, lam0 = {init['norm']:.6g}, Qn0 = {init['imbalance_norm']:.6g}",
+            f"theory: lam_GF = sqrt(4 phi^2 + Qn0^2) = {th['norm_gf']:.8g}; lam_GD = sqrt(4 phi^2 + P^2 Qn0^2); "
+            f"Theorem-1 bound eta < {th['theorem1_max_lr']:.4g}, 2/lam_GF = {th['two_over_norm_gf']:.4g}, "
+            f"1/phi = {th['one_over_phi']:.4g}",
+            "",
+        ]
     cells = [[h for h, _, _ in _COLUMNS]]
     for row in result["rows"]:
         cells.append(["-" if row[key] is None else fmt.format(row[key]) for _, key, fmt in _COLUMNS])

@@ -1,7 +1,8 @@
-"""Full-batch univariate regression data as a Lightning DataModule.
+"""Full-batch data: univariate regression points, and a DataModule whose every batch is "the full batch".
 
-The loader yields the whole data set as one batch, `steps_per_epoch` times per epoch: per-epoch
-overhead would otherwise dominate GD on a handful of points.
+The data lives on the module (placed on its device once, in FullBatchModule.setup); the loader only
+yields `steps_per_epoch` step tokens per epoch, so nothing is copied per step and per-epoch overhead,
+which would dominate GD on a handful of points, is paid once.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
+
+from shallownet.registry import FullBatchData
 
 
 def regression_points(n_points: int, phi: float, noise: float, seed: int,
@@ -34,28 +37,23 @@ def effective_phi(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((x @ y) / (x @ x))
 
 
-class _RepeatedBatch(IterableDataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, repeats: int):
-        self.x, self.y, self.repeats = x, y, repeats
+class _StepTokens(IterableDataset):
+    def __init__(self, repeats: int):
+        self.repeats = repeats
 
     def __len__(self) -> int:
         return self.repeats
 
     def __iter__(self):
-        for _ in range(self.repeats):
-            yield self.x, self.y
+        return iter(range(self.repeats))
 
 
 class FullBatchDataModule(L.LightningDataModule):
-    """Serves the full batch (x, y) as every batch of an epoch of `steps_per_epoch` GD steps."""
+    """Holds the full data set; an epoch is `steps_per_epoch` GD steps on all of it."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, steps_per_epoch: int):
+    def __init__(self, data: FullBatchData, steps_per_epoch: int):
         super().__init__()
-        self.x, self.y, self.steps_per_epoch = x, y, steps_per_epoch
-
-    @property
-    def phi(self) -> float:
-        return effective_phi(self.x, self.y)
+        self.data, self.steps_per_epoch = data, steps_per_epoch
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_RepeatedBatch(self.x, self.y, self.steps_per_epoch), batch_size=None)
+        return DataLoader(_StepTokens(self.steps_per_epoch), batch_size=None)

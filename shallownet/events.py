@@ -1,4 +1,4 @@
-"""Reading TensorBoard event files back: scalars (float32 or double-precision) and histograms."""
+"""Reading a run's logs back: TensorBoard event files (scalars, histograms) and metrics.csv (exact values)."""
 
 from __future__ import annotations
 
@@ -34,3 +34,19 @@ def read_scalars(log_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]
         if all(v.size == 1 and v.dtype.kind in "fiu" for v in values):  # not text such as layouts
             out[tag] = (np.array([e.step for e in events]), np.array([float(v) for v in values]))
     return out
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{tag: (steps, values)} from a run's metrics.csv: every scalar at full float64 precision."""
+    import csv
+
+    columns: dict[str, tuple[list, list]] = {}
+    with (Path(run_dir) / "metrics.csv").open(newline="") as file:
+        for row in csv.DictReader(file):
+            step = int(row.pop("step"))
+            for tag, value in row.items():
+                if value != "":
+                    steps, values = columns.setdefault(tag, ([], []))
+                    steps.append(step)
+                    values.append(float(value))
+    return {tag: (np.array(s), np.array(v)) for tag, (s, v) in columns.items()}

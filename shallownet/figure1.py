@@ -14,21 +14,17 @@ from pathlib import Path
 from typing import List  # noqa: UP035 (omegaconf reads typing.List only)
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from shallownet import theory
 from shallownet.config import require
-from shallownet.data import regression_points
-from shallownet.flow import DormandPrince
-from shallownet.flow_module import MAX_TIME
-from shallownet.model import ScalarLinearNet
-from shallownet.module import CONVERGED, DIVERGED, MAX_STEPS, half_mse
-from shallownet.optim import GradientDescent
+from shallownet.stop import CONVERGED, StopRule
 
 DIVERGENCE_NORM = 1e12  # as train.divergence_norm: |a|^2 + |b|^2 beyond this is divergence
+FLOW_MAX_TIME = 100.0
+MAX_FLOW_STEPS = 10**6  # the flow path is drawn point by point (shallownet figure1 refuses more)
 
-# --- config ------------------------------------------------------------------------------------------
+# --- config (torch is imported only by the functions that compute, so --help and checks stay fast) -----
 
 
 @dataclass
@@ -61,14 +57,24 @@ def validate_figure1(cfg: DictConfig) -> None:
     require(cfg.max_steps >= 1, "max_steps", "an integer >= 1", cfg.max_steps)
     for key in ("tol", "flow_max_step", "extent"):
         require(cfg[key] > 0, key, "> 0", cfg[key])
+    require(FLOW_MAX_TIME / cfg.flow_max_step <= MAX_FLOW_STEPS, "flow_max_step",
+            f">= {FLOW_MAX_TIME / MAX_FLOW_STEPS:g} (the flow path would need more than {MAX_FLOW_STEPS} points)",
+            cfg.flow_max_step)
+
 
 
 # --- paths -------------------------------------------------------------------------------------------
 
 
-def _trajectory(a0: float, b0: float, phi: float, make_optimizer, max_steps: int, tol: float,
-                out_of_time=lambda optimizer: False) -> tuple[np.ndarray, str]:
-    """(a, b) after each optimizer step from (a0, b0), and the outcome (as a Lightning run judges it)."""
+def _trajectory(a0: float, b0: float, phi: float, make_optimizer, rule: StopRule,
+                clock=lambda optimizer: 0.0) -> tuple[np.ndarray, str]:
+    """(a, b) after each optimizer step from (a0, b0), and the outcome by the runs' one StopRule."""
+    import torch
+
+    from shallownet.data import regression_points
+    from shallownet.losses import half_mse
+    from shallownet.model import ScalarLinearNet
+
     net = ScalarLinearNet(torch.tensor([a0], dtype=torch.float64), torch.tensor([b0], dtype=torch.float64))
     x, y = regression_points(1, phi, 0.0, 0)
     optimizer = make_optimizer(net.parameters())
@@ -80,27 +86,28 @@ def _trajectory(a0: float, b0: float, phi: float, make_optimizer, max_steps: int
         return loss
 
     points = [(a0, b0)]
-    for _ in range(max_steps):
+    while True:
         a, b = points[-1]
-        if not a * a + b * b <= DIVERGENCE_NORM:  # also catches inf and nan
-            return np.array(points), DIVERGED
-        if abs(a * b - phi) <= tol:
-            return np.array(points), CONVERGED
-        if out_of_time(optimizer):
-            return np.array(points), MAX_TIME
+        outcome = rule.judge(a * b - phi, a * a + b * b, len(points) - 1, clock(optimizer))
+        if outcome is not None:
+            return np.array(points), outcome
         optimizer.step(closure)
         points.append((float(net.a.detach()), float(net.b.detach())))
-    return np.array(points), MAX_STEPS
 
 
 def gd_path(a0: float, b0: float, eta: float, phi: float, max_steps: int, tol: float) -> tuple[np.ndarray, str]:
-    return _trajectory(a0, b0, phi, lambda params: GradientDescent(params, lr=eta), max_steps, tol)
+    from shallownet.optim import GradientDescent
+
+    return _trajectory(a0, b0, phi, lambda params: GradientDescent(params, lr=eta),
+                       StopRule(tol, DIVERGENCE_NORM, max_steps))
 
 
 def gf_path(a0: float, b0: float, phi: float, max_step: float, tol: float,
-            max_time: float = 100.0) -> tuple[np.ndarray, str]:
-    return _trajectory(a0, b0, phi, lambda params: DormandPrince(params, max_step=max_step), 10**6, tol,
-                       out_of_time=lambda flow: flow.t >= max_time)
+            max_time: float = FLOW_MAX_TIME) -> tuple[np.ndarray, str]:
+    from shallownet.flow import DormandPrince
+
+    return _trajectory(a0, b0, phi, lambda params: DormandPrince(params, max_step=max_step),
+                       StopRule(tol, DIVERGENCE_NORM, MAX_FLOW_STEPS, max_time), clock=lambda flow: flow.t)
 
 
 # --- drawing -----------------------------------------------------------------------------------------

@@ -8,18 +8,28 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-INIT_SCHEMES = ("gaussian", "explicit", "imbalanced")
+from shallownet import quantities
+from shallownet.builtin_kinds import INIT_SCHEMES
 
 
 class ScalarLinearNet(nn.Module):
-    """Depth-2 linear net with one input, one output and hidden width d: parameters a, b in R^d."""
+    """Depth-2 linear net with one input, one output and hidden width d: parameters a, b in R^d.
 
-    def __init__(self, a0: torch.Tensor, b0: torch.Tensor):
+    `phi` is the target product Phi (the minimiser of the data loss): the quantities are measured
+    against it.
+    """
+
+    # dynamics/imbalance_ratio: Q_k(t)/Q_k(0) on the unit k with the largest |Q_k(0)|. Every Q_i shrinks by
+    # the same factor P (theory.md section 3), so this is Q/Q(0), defined also when Q(0) = 0.
+    ratios = {"imbalance_ratio": "imbalance_per_unit"}
+
+    def __init__(self, a0: torch.Tensor, b0: torch.Tensor, phi: float = 1.0):
         super().__init__()
         if a0.shape != b0.shape or a0.dim() != 1:
             raise ValueError(f"a0 and b0 must be 1-D of equal length, got {tuple(a0.shape)} and {tuple(b0.shape)}")
         self.a = nn.Parameter(a0.clone())
         self.b = nn.Parameter(b0.clone())
+        self.phi = float(phi)
 
     @property
     def width(self) -> int:
@@ -31,6 +41,18 @@ class ScalarLinearNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.product() * x
+
+    @torch.no_grad()
+    def quantities(self) -> dict[str, torch.Tensor]:
+        """eps, lam, Q, Qn (0-dim) and the Q_i (1-dim) at the current parameters (theory.md section 2)."""
+        a, b = self.a, self.b
+        return {
+            "residual": quantities.residual(a, b, self.phi),
+            "norm": quantities.norm(a, b),
+            "imbalance": quantities.imbalance(a, b),
+            "imbalance_norm": quantities.imbalance_norm(a, b),
+            "imbalance_per_unit": quantities.imbalance_per_unit(a, b),
+        }
 
 
 def initial_vectors(

@@ -1,10 +1,16 @@
-"""Run folders: runs/<name>/version_<n>/, never reusing an existing one, plus their metadata files."""
+"""Run folders: runs/<name>/version_<n>/, never reusing an existing one, plus their metadata files.
+
+A folder is created only after the config is validated and the heavy imports are done, and it holds a
+summary.json from the start (status `starting`, then the outcome), so no folder is left without a status.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +19,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import shallownet
+
+SUMMARY = "summary.json"
+STARTING = "starting"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=+-]*")
+_SYSTEM = ("/proc", "/sys", "/dev")
+NAME_MAX = 255
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
@@ -30,35 +42,39 @@ def new_run_dir(root: str | Path, name: str) -> Path:
             version += 1
 
 
-def open_run(schema: type, validate, config_path: str | None, overrides: list[str]) -> tuple[DictConfig, Path]:
-    """Load and validate a command's config, then create its run folder and write config.yaml into it.
-
-    Every check (names, types, ranges, output root) happens before the folder exists, so bad input
-    leaves nothing on disk.
-    """
-    from shallownet.config import load_config
-
-    cfg = load_config(schema, config_path, overrides)
-    validate(cfg)
-    check_output(cfg.output)
+def start_run(cfg: DictConfig) -> Path:
+    """Create the run folder with config.yaml and summary.json (status `starting`)."""
     run_dir = new_run_dir(cfg.output.root, cfg.output.name)
     write_config(run_dir, cfg)
-    return cfg, run_dir
+    write_json(run_dir / SUMMARY, {"status": STARTING, "provenance": provenance()})
+    return run_dir
 
 
 def check_output(output: DictConfig) -> None:
     """Fail early (ConfigError) on a bad output.name or when runs cannot be written under output.root."""
     from shallownet.config import ConfigError, require
 
-    require(bool(output.name) and "/" not in output.name, "output.name", "a non-empty folder name without '/'",
-            output.name)
-    path = Path(output.root)
-    while not path.exists():
-        path = path.parent
-    if not path.is_dir():
-        raise ConfigError(f"config key 'output.root': {path} is not a folder")
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"config key 'output.root': {path} is not writable")
+    name = output.name
+    require(bool(_NAME.fullmatch(name)) and name not in (".", ".."), "output.name",
+            "a folder name of letters, digits and . _ = + - (not '.' or '..', no '/')", name)
+    require(len(name.encode()) + len("version_") + 20 <= NAME_MAX, "output.name",
+            f"at most {NAME_MAX - 28} bytes long", f"{name[:20]}... ({len(name.encode())} bytes)")
+    root = Path(output.root).expanduser()
+    absolute = Path(os.path.abspath(root))
+    if any(absolute == Path(s) or Path(s) in absolute.parents for s in _SYSTEM):
+        raise ConfigError(f"config key 'output.root': {absolute} is a system folder, not a place for runs")
+    if len(str(absolute / name).encode()) + 40 > os.pathconf("/", "PC_PATH_MAX"):
+        raise ConfigError("config key 'output.root': the run folder's path would be longer than the system allows")
+    for part in (absolute, *absolute.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ConfigError(f"config key 'output.root': {part} is a file, not a folder")
+            if not os.access(part, os.W_OK | os.X_OK):
+                raise ConfigError(f"config key 'output.root': {part} is not writable")
+            break
+    existing = absolute / name
+    if existing.exists() and not existing.is_dir():
+        raise ConfigError(f"config key 'output.name': {existing} is a file, not a folder")
 
 
 def provenance() -> dict[str, Any]:
@@ -76,8 +92,10 @@ def write_config(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """JSON with non-finite floats written as null (strict JSON has no inf/nan)."""
-    path.write_text(json.dumps(_finite_or_none(data), indent=2) + "\n")
+    """JSON with non-finite floats written as null (strict JSON has no inf/nan), replaced atomically."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(_finite_or_none(data), indent=2) + "\n")
+    os.replace(partial, path)
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -88,3 +106,39 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite_or_none(v) for v in value]
     return value
+
+
+def truncate_logs(run_dir: Path, step: int) -> None:
+    """Drop what a stopped run logged past `step` (the checkpoint it resumes from), and its hparams entry
+    (the resumed run writes its own): after the resume every step is logged exactly once."""
+    metrics = run_dir / "metrics.csv"
+    if metrics.exists():
+        with metrics.open(newline="") as file:
+            reader = csv.DictReader(file)
+            fields, rows = reader.fieldnames, [row for row in reader if int(row["step"]) <= step]
+        with metrics.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
+        _truncate_events(events, step)
+
+
+def _truncate_events(path: Path, step: int) -> None:
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    kept = []
+    for record in RawEventFileLoader(str(path)).Load():
+        event = Event.FromString(record)
+        hparams = any(v.metadata.plugin_data.plugin_name == "hparams" or v.tag.startswith("hparams/")
+                      for v in event.summary.value)
+        if event.step <= step and not hparams:
+            kept.append(record)
+    partial = path.with_name("truncating.tmp")  # no "tfevents" in the name: TensorBoard must not read it
+    with partial.open("wb") as file:
+        writer = RecordWriter(file)
+        for record in kept:
+            writer.write(record)
+    os.replace(partial, path)

@@ -1,133 +1,219 @@
-"""One full-batch run of the shallow net inside an ordinary Lightning Trainer, from a validated config."""
+"""Training runs. `fit` runs built pieces (module, data, callbacks, loggers) in an ordinary Lightning Trainer;
+`build` assembles those pieces from a validated config and `run` trains them into a run folder.
+
+    pieces = build(cfg)                                   # model, data, loss by name (shallownet.registry)
+    trainer = fit(pieces.module, pieces.datamodule, max_steps=..., callbacks=pieces.callbacks, loggers=...)
+    summary = run(cfg, run_dir)                           # the same, with the run folder's loggers and files
+"""
 
 from __future__ import annotations
 
+import csv
+import functools
 import logging
+import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
+from shallownet import registry
 from shallownet.callbacks.dynamics import DynamicsMonitor
+from shallownet.callbacks.run import PeriodicCheckpoint, RunRecorder, StopOnSignal, save_checkpoint
 from shallownet.callbacks.sharpness import SharpnessMonitor
-from shallownet.data import FullBatchDataModule, regression_points
-from shallownet.model import ScalarLinearNet, initial_vectors
-from shallownet.module import ShallowNetModule
+from shallownet.data import FullBatchDataModule
+from shallownet.flow import DormandPrince
+from shallownet.losses import LOSSES
+from shallownet.module import FullBatchModule
 from shallownet.optim import GradientDescent
+from shallownet.stop import StopRule
 
-QUANTITY_KEYS = ("loss", "residual", "norm", "imbalance", "imbalance_norm", "sharpness")
+CHECKPOINT = "last.ckpt"
+METRICS = "metrics.csv"
 
 
 def quiet_lightning() -> None:
-    """Lightning's banners and hints are noise in a CLI that prints its own summary."""
+    """Lightning's banners and hints are noise in a CLI that prints its own summary (the CLI calls this;
+    importing shallownet changes no logging)."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    for message in (".*does not have many workers.*", ".*IterableDataset. has .__len__. defined.*", ".*LeafSpec.*",
+                    ".*resuming from a checkpoint that ended before the epoch ended.*"):
+        warnings.filterwarnings("ignore", message=message)
 
 
-def build_model(cfg: DictConfig) -> ScalarLinearNet:
-    init = cfg.model.init
-    a0, b0 = initial_vectors(cfg.model.width, init.scheme, init.scale, init.seed, init.imbalance,
-                             init.a0, init.b0, dtype=getattr(torch, cfg.train.dtype))
-    return ScalarLinearNet(a0, b0)
-
-
-def build_data(cfg: DictConfig) -> FullBatchDataModule:
-    x, y = regression_points(cfg.data.n_points, cfg.model.phi, cfg.data.noise, cfg.data.seed,
-                             dtype=getattr(torch, cfg.train.dtype))
-    return FullBatchDataModule(x, y, steps_per_epoch=cfg.train.max_steps)
-
-
-class Endpoints(L.Callback):
-    """Records state, loss and sharpness at the start and end of a run (for summary.json), and puts
-    the config with the real final loss and sharpness into TensorBoard's hparams tab."""
-
-    def __init__(self, sharpness: SharpnessMonitor, hparams: dict):
-        self.sharpness = sharpness
-        self.hparams = hparams
-        self.init: dict[str, float] = {}
-        self.final: dict[str, float] = {}
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.init = self._measure(pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.final = self._measure(pl_module)
-        if trainer.logger is not None:  # before Lightning finalizes the logger, so one events file
-            trainer.logger.log_hyperparams(self.hparams, {
-                "hparams/final_loss": self.final["loss"], "hparams/final_sharpness": self.final["sharpness"],
-                "hparams/steps": trainer.global_step,
-            })
-
-    def _measure(self, pl_module: ShallowNetModule) -> dict[str, float]:
-        values = pl_module.state()
-        with torch.no_grad():
-            values["loss"] = float(pl_module.full_batch_loss())
-        finite = all(torch.isfinite(p).all() for p in pl_module.parameters())
-        values["sharpness"] = float(self.sharpness.measure(pl_module).value) if finite else float("nan")
-        return {key: values[key] for key in QUANTITY_KEYS}
-
-
-def fit(cfg: DictConfig, log_dir: Path, make_optimizer: Callable | None = None,
-        extra_callbacks: Sequence[L.Callback] = (), module_cls: type = ShallowNetModule) -> dict:
-    """Train one shallow net as `cfg` says, logging to TensorBoard in `log_dir`; returns the summary.
-
-    `make_optimizer(params)` defaults to GD with step cfg.optim.lr; gradient flow passes its own.
-    """
-    quiet_lightning()
-    if make_optimizer is None:
-        def make_optimizer(params):
-            return GradientDescent(params, lr=cfg.optim.lr)
-    data = build_data(cfg)
-    module = module_cls(build_model(cfg), phi=data.phi, tol=cfg.train.tol, make_optimizer=make_optimizer,
-                        divergence_norm=cfg.train.divergence_norm)
-    sharpness = SharpnessMonitor(every_n_steps=cfg.monitor.sharpness.every_n_steps,
-                                 tol=cfg.monitor.sharpness.tol, max_iter=cfg.monitor.sharpness.max_iter)
-    endpoints = Endpoints(sharpness, _flat_hparams(cfg))
-    callbacks = [DynamicsMonitor(cfg.monitor.every_n_steps), sharpness, endpoints, *extra_callbacks]
-    show_progress = sys.stderr.isatty()
-    if show_progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.train.max_steps // 100)))
-    logger = TensorBoardLogger(save_dir=str(log_dir), name="", version="", default_hp_metric=False)
-    device = cfg.train.device
+def fit(module: L.LightningModule, datamodule: L.LightningDataModule, *, max_steps: int,
+        callbacks: Sequence[L.Callback] = (), loggers: Sequence = (), trainer_options: dict | None = None,
+        ckpt_path: str | Path | None = None, progress: bool = False) -> L.Trainer:
+    """Train `module` for at most max_steps optimizer steps (it may stop itself earlier)."""
+    callbacks = list(callbacks)
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, max_steps // 100)))
     trainer = L.Trainer(
-        max_steps=cfg.train.max_steps, max_epochs=-1, logger=logger, callbacks=callbacks,
-        accelerator="cpu" if device == "cpu" else "gpu",
-        devices=[int(device.partition(":")[2] or 0)] if device != "cpu" else 1,
-        precision="64-true" if cfg.train.dtype == "float64" else "32-true",
-        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=show_progress,
-        num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1,
+        max_steps=max_steps, max_epochs=-1, logger=list(loggers) or False, callbacks=callbacks,
+        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
+        num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1, **(trainer_options or {}),
     )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
-    wall = time.perf_counter() - start
-    trainer.save_checkpoint(log_dir / "last.ckpt")
-    summary = {
-        "status": module.outcome, "steps": int(trainer.global_step), "eta": cfg.optim.lr, "phi": data.phi,
-        "width": cfg.model.width, "seed": cfg.model.init.seed, "tol": cfg.train.tol,
-        "wall_time_s": wall, "init": endpoints.init, "final": endpoints.final,
+    trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+    return trainer
+
+
+# --- building the pieces from a config ----------------------------------------------------------------
+
+@dataclass
+class Pieces:
+    module: FullBatchModule
+    datamodule: FullBatchDataModule
+    dynamics: DynamicsMonitor
+    sharpness: SharpnessMonitor | None
+    recorder: RunRecorder
+    callbacks: list = field(default_factory=list)
+
+
+def build(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> Pieces:
+    """Model, data and loss by name, the optimizer, the stop rule and the monitors of one run."""
+    model_kind = registry.model_kind(cfg.model.kind)
+    dtype = getattr(torch, cfg.train.dtype)
+    data = registry.data_kind(cfg.data.kind).load(cfg, dtype)
+    model = model_kind.build(cfg, data)
+    t, optim = cfg.train, cfg.optim
+    rule = StopRule(t.tol, t.divergence_norm, t.max_steps, float("inf") if t.max_time is None else t.max_time)
+    if optim.method == "gd":
+        make_optimizer = functools.partial(GradientDescent, lr=optim.lr)
+    else:
+        make_optimizer = functools.partial(DormandPrince, rtol=optim.rtol, atol=optim.atol)
+    module = FullBatchModule(model, LOSSES[cfg.loss or model_kind.loss], make_optimizer, rule,
+                             convergence=t.convergence or model_kind.convergence, chunk_size=t.chunk_size,
+                             time_unit=cfg_time_unit(cfg))
+    module.use_data(data)
+    dynamics = DynamicsMonitor(cfg.monitor.every_n_steps)
+    s = cfg.monitor.sharpness
+    sharpness = SharpnessMonitor(every_n_steps=s.every_n_steps, tol=s.tol, max_iter=s.max_iter, top_k=s.top_k,
+                                 chunk_size=t.chunk_size) if s.every_n_steps else None
+    recorder = RunRecorder(flat_hparams(cfg), dynamics, sharpness)
+    callbacks = [dynamics, *([sharpness] if sharpness else []), *extra_callbacks, recorder]
+    return Pieces(module, FullBatchDataModule(data, t.max_steps), dynamics, sharpness, recorder, callbacks)
+
+
+def cfg_time_unit(cfg: DictConfig) -> float | None:
+    """The x-axis unit: train.time_unit if set; else GD logs at its step k and a flow at round(t / optim.lr)
+    (so it overlays GD at that step size)."""
+    if cfg.train.time_unit is not None:
+        return cfg.train.time_unit
+    return cfg.optim.lr if cfg.optim.method == "flow" else None
+
+
+def trainer_options(cfg: DictConfig) -> dict:
+    device, tr = cfg.train.device, cfg.trainer
+    index = device.partition(":")[2]
+    options = {
+        "accelerator": "cpu" if device == "cpu" else "gpu",
+        "devices": [int(index)] if index else (tr.devices or 1),
+        "precision": "64-true" if cfg.train.dtype == "float64" else "32-true",
+        "num_nodes": tr.num_nodes, "strategy": tr.strategy, "detect_anomaly": tr.detect_anomaly,
     }
+    options.update({key: tr[key] for key in ("deterministic", "benchmark") if tr[key] is not None})
+    return options
+
+
+class RunTensorBoardLogger(TensorBoardLogger):
+    """The run folder is the log folder; the config lives in config.yaml and the hparams entry is written
+    by RunRecorder, so no hparams.yaml."""
+
+    def log_hyperparams(self, params, metrics=None, step=None) -> None:
+        pass
+
+    def save(self) -> None:
+        self.experiment.flush()
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run appends to it instead."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+
+class RunCSVLogger(CSVLogger):
+    """metrics.csv: every scalar at full float64 precision (TensorBoard stores float32)."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    def log_hyperparams(self, params=None) -> None:
+        pass
+
+
+def run_loggers(run_dir: Path) -> list:
+    return [RunTensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False),
+            RunCSVLogger(save_dir=str(run_dir), name="", version="")]
+
+
+def run(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Callback] = (), resume: bool = False) -> dict:
+    """Train one run into run_dir (TensorBoard events, metrics.csv, last.ckpt); returns the summary.
+
+    resume: continue from run_dir/last.ckpt (the logs past the checkpoint's step are cut off first, so each
+    step is logged once).
+    """
+    from shallownet.run_folder import truncate_logs
+
+    pieces = build(cfg, extra_callbacks)
+    checkpoint = run_dir / CHECKPOINT
+    callbacks = [*pieces.callbacks, PeriodicCheckpoint(checkpoint, cfg.train.checkpoint_every_n_steps),
+                 StopOnSignal()]
+    ckpt_path = None
+    if resume:
+        ckpt_path = checkpoint
+        truncate_logs(run_dir, torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"])
+    start = time.perf_counter()
+    trainer = fit(pieces.module, pieces.datamodule, max_steps=cfg.train.max_steps, callbacks=callbacks,
+                  loggers=run_loggers(run_dir), trainer_options=trainer_options(cfg), ckpt_path=ckpt_path,
+                  progress=cfg.output.progress and sys.stderr.isatty())
+    wall = time.perf_counter() - start
+    save_checkpoint(trainer, checkpoint)
+    return summarise(cfg, pieces, trainer, wall)
+
+
+def summarise(cfg: DictConfig, pieces: Pieces, trainer: L.Trainer, wall: float) -> dict:
+    module, recorder = pieces.module, pieces.recorder
+    summary = {
+        "status": recorder.outcome, "steps": int(trainer.global_step), "model": cfg.model.kind,
+        "eta": cfg.optim.lr if cfg.optim.method == "gd" else None, "phi": module.data.target,
+        "width": cfg.model.get("width"), "seed": cfg.model.init.seed if "init" in cfg.model else None,
+        "tol": cfg.train.tol, "convergence": module.convergence, "wall_time_s": wall,
+        "init": recorder.init, "final": recorder.final,
+    }
+    if module.flow is not None:
+        flow = module.flow
+        summary.update(time=flow.t, grad_evals=flow.grad_evals, rejected=flow.rejected)
     return summary
 
 
-def _flat_hparams(cfg: DictConfig) -> dict:
-    """Scalar config entries as dotted keys (TensorBoard's hparams tab takes no lists or nesting)."""
+def flat_hparams(cfg: DictConfig) -> dict:
+    """Scalar config entries as dotted keys (TensorBoard's hparams tab takes no lists or nesting), without
+    the optimizer settings the method does not use."""
+    unused = {"gd": ("optim.rtol", "optim.atol"), "flow": ("optim.lr",)}[cfg.optim.method]
     flat = {}
 
     def walk(node, prefix):
         for key, value in node.items():
             if isinstance(value, dict):
                 walk(value, f"{prefix}{key}.")
-            elif value is not None and not isinstance(value, list):
+            elif value is not None and not isinstance(value, list) and f"{prefix}{key}" not in unused:
                 flat[f"{prefix}{key}"] = value
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return flat
@@ -136,17 +222,21 @@ def _flat_hparams(cfg: DictConfig) -> dict:
 def describe(summary: dict, run_dir: Path, root: str) -> str:
     """The short human summary printed at the end of a run."""
     final = summary["final"]
-    left = f"|eps| = {abs(final['residual']):.3g}"
+    error = f"|eps| = {abs(final['residual']):.3g}" if "residual" in final else f"loss = {final.get('loss'):.3g}"
     outcome = {
-        "converged": f"converged in {summary['steps']} steps (|eps| <= {summary['tol']:g})",
+        "converged": f"converged in {summary['steps']} steps ({summary['convergence']} <= {summary['tol']:g})",
         "diverged": f"DIVERGED after {summary['steps']} steps (non-finite values or runaway norm)",
-        "max_steps": f"not converged within {summary['steps']} steps ({left})",
-        "max_time": f"not converged within time {summary.get('time', float('nan')):g} ({left})",
+        "max_steps": f"not converged within {summary['steps']} steps ({error})",
+        "max_time": f"not converged within time {summary.get('time', float('nan')):g} ({error})",
+        "interrupted": f"INTERRUPTED after {summary['steps']} steps ({error}); resume with "
+                       f"shallownet train train.resume={run_dir}",
     }[summary["status"]]
+    sharpness = "off" if final.get("sharpness") is None else f"{final['sharpness']:.6g}"
+    threshold = f" (2/eta = {2 / summary['eta']:.6g})" if summary["eta"] else ""
+    norm = f"final norm = {final['norm']:.6g}, " if "norm" in final else ""
     return "\n".join([
         f"outcome: {outcome}",
-        f"final norm lambda = {final['norm']:.6g}, sharpness = {final['sharpness']:.6g} "
-        f"(2/eta = {2 / summary['eta']:.6g}); wall time {summary['wall_time_s']:.2f} s",
+        f"{norm}sharpness = {sharpness}{threshold}; wall time {summary['wall_time_s']:.2f} s",
         f"run folder: {run_dir}",
         f"view it: tensorboard --logdir {root}",
     ])

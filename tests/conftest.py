@@ -24,8 +24,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 def run_dirs(root: Path) -> list[Path]:
-    """Every run folder (a folder holding config.yaml) under root."""
-    return sorted(p.parent for p in root.rglob("config.yaml")) if root.exists() else []
+    """Every run folder (a folder holding config.yaml) under root; asserts that nothing else was written
+    there (a stray folder or file left by a failed run counts too)."""
+    if not root.exists():
+        return []
+    assert any(root.iterdir()), f"{root} was created but left empty"
+    dirs = sorted(p.parent for p in root.rglob("config.yaml"))
+    assert dirs or not any(root.iterdir()), f"{root} holds no run folder but {list(root.iterdir())}"
+    stray = [p for p in root.rglob("*") if not any(p == d or d in p.parents or p in d.parents for d in dirs)]
+    assert not stray, f"written outside any run folder: {stray}"
+    return dirs
 
 
 @pytest.fixture

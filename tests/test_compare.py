@@ -13,14 +13,14 @@ from hypothesis import strategies as st
 from shallownet import events, theory
 from shallownet.callbacks.theory import TheoryMonitor
 from shallownet.config import RunConfig, load_config
-from shallownet.module import CONVERGED, DIVERGED
-from shallownet.training import build_model, fit
+from shallownet.stop import CONVERGED, DIVERGED
+from shallownet.training import build, run
 
 SMALL = ["model.width=4", "gd.lrs=[0.2,0.45]", "train.max_steps=500"]
 
 
 def read_result(run_dir):
-    return json.loads((run_dir / "compare.json").read_text())
+    return json.loads((run_dir / "summary.json").read_text())
 
 
 # --- the command -------------------------------------------------------------------------------------
@@ -53,10 +53,10 @@ def test_compare_runs_gd_and_gf_from_one_init_against_theory(cli):
         assert gd["final_norm"] < gf["final_norm"]  # GD ends flatter
         assert gd["time"] == pytest.approx(lr * gd["steps"])
         # one shared x-axis, time / time_unit (the smallest lr): GD at round(eta k / 0.2), GF at round(t / 0.2)
-        steps, _ = events.read_scalars(run_dir / gd["run"])["dynamics/residual"]
+        steps, _ = events.read_metrics(run_dir / gd["run"])["dynamics/residual"]
         assert steps[-1] == round(lr * gd["steps"] / 0.2)
-        assert "theory/imbalance_factor" in events.read_scalars(run_dir / gd["run"])
-    steps, _ = events.read_scalars(run_dir / "gf")["dynamics/residual"]
+        assert "theory/imbalance_factor" in events.read_metrics(run_dir / gd["run"])
+    steps, _ = events.read_metrics(run_dir / "gf")["dynamics/residual"]
     assert steps[-1] == round(gf["time"] / 0.2)
 
 
@@ -96,13 +96,13 @@ def gd_config(*overrides: str):
 @given(st.integers(1, 6), st.integers(0, 1000), st.floats(0.2, 0.9), st.floats(0.4, 1.5))
 def test_theory_monitor_predictions_match_gd(tmp_path_factory, width, seed, fraction, scale):
     model = [f"model.width={width}", f"model.init.seed={seed}", f"model.init.scale={scale}"]
-    net = build_model(gd_config(*model))
+    net = build(gd_config(*model)).module.model
     init = theory.state(net.a.detach().numpy(), net.b.detach().numpy(), 1.0)
     eta = fraction * float(theory.theorem1_max_lr(init["residual"], init["norm"], 1.0))
     log_dir = tmp_path_factory.mktemp("gd")
     monitor = TheoryMonitor()
-    summary = fit(gd_config(*model, f"optim.lr={eta}"), log_dir, extra_callbacks=[monitor])
-    tags = events.read_scalars(log_dir)
+    summary = run(gd_config(*model, f"optim.lr={eta}"), log_dir, extra_callbacks=[monitor])
+    tags = events.read_metrics(log_dir)
     steps, eps = tags["dynamics/residual"]
     lam, qn, ratio = (tags[f"dynamics/{k}"][1] for k in ("norm", "imbalance_norm", "imbalance_ratio"))
     np.testing.assert_array_equal(tags["theory/imbalance_factor"][0], steps)
@@ -123,14 +123,12 @@ def test_theory_monitor_predictions_match_gd(tmp_path_factory, width, seed, frac
 def test_theory_monitor_survives_divergence(tmp_path):
     cfg = gd_config("model.width=3", "model.init.scale=3.0", "optim.lr=1.5")
     monitor = TheoryMonitor()
-    summary = fit(cfg, tmp_path, extra_callbacks=[monitor])
+    summary = run(cfg, tmp_path, extra_callbacks=[monitor])
     assert summary["status"] == DIVERGED
-    assert "theory/pred_error_residual" in events.read_scalars(tmp_path)
+    assert "theory/pred_error_residual" in events.read_metrics(tmp_path)
 
 
 def test_theory_monitor_refuses_gradient_flow(tmp_path):
-    from shallownet.flow_module import fit_flow
-
     with pytest.raises(ValueError, match="lr > 0"):
-        fit_flow(gd_config(), tmp_path, 1e-10, 1e-12, 10.0, 0.1, extra_callbacks=[TheoryMonitor()])
+        run(gd_config("optim.method=flow", "train.max_time=10"), tmp_path, extra_callbacks=[TheoryMonitor()])
 

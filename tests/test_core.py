@@ -8,14 +8,13 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from shallownet import quantities, theory
 from shallownet.config import RunConfig, load_config
 from shallownet.data import effective_phi, regression_points
 from shallownet.model import ScalarLinearNet, initial_vectors
 from shallownet.optim import GradientDescent
-from shallownet.training import fit
+from shallownet.training import run
 
 
 class RecordParameters(L.Callback):
@@ -89,7 +88,7 @@ def test_noisy_data_has_unit_second_moment_and_least_squares_phi():
 def test_lightning_gd_follows_the_one_step_recursions(tmp_path, overrides):
     cfg = config("train.max_steps=60", "train.tol=1e-300", *overrides)
     recorder = RecordParameters()
-    summary = fit(cfg, tmp_path, extra_callbacks=[recorder])
+    summary = run(cfg, tmp_path, extra_callbacks=[recorder])
     phi, eta = summary["phi"], cfg.optim.lr
     assert len(recorder.points) == summary["steps"] + 1
     for (step, a, b), (step_next, a_next, b_next) in zip(recorder.points[:-1], recorder.points[1:], strict=True):
@@ -103,7 +102,7 @@ def test_lightning_gd_follows_the_one_step_recursions(tmp_path, overrides):
 
 def test_global_step_counts_gd_steps_and_max_steps_stops(tmp_path):
     recorder = RecordParameters()
-    summary = fit(config("train.max_steps=37", "train.tol=1e-300", "optim.lr=0.01"), tmp_path,
+    summary = run(config("train.max_steps=37", "train.tol=1e-300", "optim.lr=0.01"), tmp_path,
                   extra_callbacks=[recorder])
     assert summary["status"] == "max_steps"
     assert summary["steps"] == 37 == recorder.points[-1][0] == len(recorder.points) - 1
@@ -111,7 +110,7 @@ def test_global_step_counts_gd_steps_and_max_steps_stops(tmp_path):
 
 def test_convergence_stops_at_the_first_step_within_tolerance(tmp_path):
     cfg = config("train.tol=1e-6", "optim.lr=0.2")
-    summary = fit(cfg, tmp_path)
+    summary = run(cfg, tmp_path)
     assert summary["status"] == "converged"
     # replay with the exact (U, V) recursion: the first k with |eps_k| <= tol
     a0, b0 = initial_vectors(cfg.model.width, seed=cfg.model.init.seed)
@@ -125,8 +124,8 @@ def test_convergence_stops_at_the_first_step_within_tolerance(tmp_path):
 
 
 def test_summary_endpoints_match_theory(tmp_path):
-    cfg = config("optim.lr=0.25", "model.init.scale=1.2")
-    summary = fit(cfg, tmp_path)
+    cfg = config("optim.lr=0.25", "model.init.scale=1.2", "monitor.sharpness.every_n_steps=10")
+    summary = run(cfg, tmp_path)
     a0, b0 = initial_vectors(cfg.model.width, scale=1.2, seed=0)
     init = theory.state(a0.numpy(), b0.numpy(), 1.0)
     assert summary["init"]["residual"] == pytest.approx(init["residual"], rel=1e-14)
@@ -140,12 +139,6 @@ def test_summary_endpoints_match_theory(tmp_path):
 
 
 def test_float32_runs_too(tmp_path):
-    summary = fit(config("train.dtype=float32", "train.tol=1e-5", "optim.lr=0.2"), tmp_path)
+    summary = run(config("train.dtype=float32", "train.tol=1e-5", "optim.lr=0.2"), tmp_path)
     assert summary["status"] == "converged" and math.isfinite(summary["final"]["norm"])
 
-
-def test_shipped_train_config_equals_builtin_defaults():
-    from tests.conftest import CONFIGS
-
-    shipped = load_config(RunConfig, CONFIGS / "train.yaml", [])
-    assert OmegaConf.to_container(shipped) == OmegaConf.to_container(load_config(RunConfig, None, []))

@@ -9,7 +9,7 @@ import pytest
 
 from shallownet import events, theory
 from shallownet.figure1 import gd_path, gf_path
-from shallownet.module import CONVERGED, DIVERGED
+from shallownet.stop import CONVERGED, DIVERGED
 
 
 def test_gf_path_stays_on_its_hyperbola_and_ends_at_the_closed_form():
@@ -38,7 +38,7 @@ def test_figure1_command_writes_png_tensorboard_image_and_summary(cli):
     png = run_dir / "figure1.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
     assert "figure1" in events.load(run_dir).Tags()["images"]
-    result = json.loads((run_dir / "figure1.json").read_text())
+    result = json.loads((run_dir / "summary.json").read_text())
     for init in ([1.9, -0.4], [0.3, -1.6]):
         paths = [p for p in result["paths"] if p["init"] == init]
         gf, gds = paths[0], paths[1:]
@@ -54,7 +54,7 @@ def test_figure1_command_writes_png_tensorboard_image_and_summary(cli):
 def test_figure1_reports_a_diverging_step_size(cli):
     code, out, err, dirs = cli("figure1", "lrs=[0.2,2.0]", "inits=[[1.9,-0.4]]")
     assert code == 0, err
-    outcomes = {p["eta"]: p["outcome"] for p in json.loads((dirs[0] / "figure1.json").read_text())["paths"]}
+    outcomes = {p["eta"]: p["outcome"] for p in json.loads((dirs[0] / "summary.json").read_text())["paths"]}
     assert outcomes == {None: CONVERGED, 0.2: CONVERGED, 2.0: DIVERGED}
     assert "diverged" in out
 

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from shallownet import theory
 from shallownet.config import RunConfig, load_config
-from shallownet.events import read_scalars
+from shallownet.events import read_metrics, read_scalars
 from shallownet.flow import DormandPrince, RungeKutta4
 from shallownet.model import ScalarLinearNet
-from shallownet.module import CONVERGED, MAX_STEPS
+from shallownet.stop import CONVERGED, MAX_STEPS, MAX_TIME
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -202,14 +202,13 @@ def final_parameters(log_dir) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_lightning_gf_converges_to_the_closed_form_with_gd_tags(tmp_path):
-    from shallownet.flow_module import fit_flow
-    from shallownet.training import build_model, fit
+    from shallownet.training import build, run
 
-    cfg = run_config()
-    summary = fit_flow(cfg, tmp_path / "gf", rtol=1e-10, atol=1e-12, max_time=100.0, time_unit=0.1)
+    cfg = run_config("optim.method=flow", "optim.lr=0.1", "train.max_time=100")
+    summary = run(cfg, tmp_path / "gf")
     assert summary["status"] == CONVERGED and summary["eta"] is None
     assert abs(summary["final"]["residual"]) <= cfg.train.tol
-    model = build_model(cfg)
+    model = build(cfg).module.model
     a0, b0 = model.a.detach().numpy(), model.b.detach().numpy()
     a, b = final_parameters(tmp_path / "gf")
     q0, q = a0 * a0 - b0 * b0, a * a - b * b
@@ -220,7 +219,7 @@ def test_lightning_gf_converges_to_the_closed_form_with_gd_tags(tmp_path):
                                                                                   * np.linalg.norm(a0 - b0), 1.0),
                                                      rel=1e-9)
     # the same tags as a GD run, on a time axis: step = round(t / 0.1)
-    fit(run_config("optim.lr=0.1"), tmp_path / "gd")
+    run(run_config("optim.lr=0.1"), tmp_path / "gd")
     gf_tags, gd_tags = read_scalars(tmp_path / "gf"), read_scalars(tmp_path / "gd")
     step_size_tags = {"curvature/stability_threshold", "curvature/sharpness_x_lr"}  # 2/eta, eta*S: GD only
     assert {t for t in gd_tags if t.startswith(("dynamics/", "curvature/"))} - step_size_tags <= set(gf_tags)
@@ -232,23 +231,23 @@ def test_lightning_gf_converges_to_the_closed_form_with_gd_tags(tmp_path):
 
 
 def test_lightning_gf_from_antibalanced_init_ends_at_max_time(tmp_path):
-    from shallownet.flow_module import MAX_TIME, fit_flow
+    from shallownet.training import run
 
     cfg = run_config("model.init.scheme=explicit", "model.width=2", "model.init.a0=[0.5,-1.0]",
-                     "model.init.b0=[-0.5,1.0]")
-    summary = fit_flow(cfg, tmp_path, rtol=1e-10, atol=1e-12, max_time=3.0, time_unit=0.1)
+                     "model.init.b0=[-0.5,1.0]", "optim.method=flow", "optim.lr=0.1", "train.max_time=3")
+    summary = run(cfg, tmp_path)
     assert summary["status"] == MAX_TIME
     assert summary["time"] == 3.0
     assert summary["final"]["residual"] < -0.9  # on its way to the saddle at 0, never to a minimum
-    residual_steps, _ = read_scalars(tmp_path)["dynamics/residual"]
+    residual_steps, _ = read_metrics(tmp_path)["dynamics/residual"]
     assert residual_steps[-1] == 30  # the logs reach the budget: flushed, not cut off
 
 
 def test_lightning_gd_from_antibalanced_init_reports_max_steps(tmp_path):
-    from shallownet.training import fit
+    from shallownet.training import run
 
     cfg = run_config("model.init.scheme=explicit", "model.width=2", "model.init.a0=[0.5,-1.0]",
                      "model.init.b0=[-0.5,1.0]", "optim.lr=0.3", "train.max_steps=200")
-    summary = fit(cfg, tmp_path)
+    summary = run(cfg, tmp_path)
     assert summary["status"] == MAX_STEPS and summary["steps"] == 200
     assert summary["final"]["residual"] <= -1.0

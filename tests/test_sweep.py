@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from shallownet import theory
+from shallownet.config import load_config
 from shallownet.sweep.engine import CONVERGED, DIVERGED, MAX_STEPS, OUTCOMES, StopRule, simulate
-from shallownet.sweep.grid import build_grid, load_sweep_config
+from shallownet.sweep.grid import SweepConfig, build_grid, validate
 from shallownet.sweep.kernel import run_uv_numba
 from shallownet.sweep.torch_paths import run_uv_torch
 from tests.conftest import CONFIGS, read_summary
@@ -143,7 +144,7 @@ def test_imbalance_factor_is_exact_where_runs_converge():
 
 @pytest.fixture(scope="module")
 def figure3_grid():
-    return build_grid(load_sweep_config(CONFIGS / "figure3.yaml", []))
+    return build_grid(load_config(SweepConfig, None, []))
 
 
 def test_twenty_grid_points_agree_with_single_gd_runs(figure3_grid):
@@ -189,8 +190,8 @@ def test_chaotic_runs_agree_in_outcome_not_in_final_state(figure3_grid):
 
 def test_twenty_grid_points_agree_with_the_lightning_run(figure3_grid, tmp_path):
     """The core single-run path (shallownet.training.fit, a Lightning run) at 20 quick grid points."""
-    from shallownet.config import RunConfig, load_config
-    from shallownet.training import fit
+    from shallownet.config import RunConfig
+    from shallownet.training import run
 
     grid = figure3_grid
     eta_all, index_all = grid.runs()
@@ -204,7 +205,7 @@ def test_twenty_grid_points_agree_with_the_lightning_run(figure3_grid, tmp_path)
             f"train.divergence_norm={grid.rule.divergence_norm}", "monitor.every_n_steps=1000000",
             "monitor.sharpness.every_n_steps=0",
         ]
-        summary = fit(load_config(RunConfig, None, overrides), tmp_path / str(i))
+        summary = run(load_config(RunConfig, None, overrides), tmp_path / str(i))
         outcome = OUTCOMES[probe.outcome(grid.rule)[i]]
         assert summary["status"] == outcome
         assert summary["steps"] == probe.steps[i]
@@ -219,7 +220,7 @@ SMALL = ["grid.eta.num=24", "grid.scale.num=20", "stop.max_steps=3000", "output.
 
 
 def test_sweep_command_writes_the_run_folder(cli):
-    code, out, err, dirs = cli("sweep", *SMALL, config=CONFIGS / "figure3.yaml")
+    code, out, err, dirs = cli("sweep", *SMALL, config=CONFIGS / "sweep.yaml")
     assert code == 0, err
     (run,) = dirs
     names = {p.name for p in run.iterdir()}
@@ -253,7 +254,7 @@ def test_sweep_command_writes_the_run_folder(cli):
     ("grid.eta.spacing=cubic", "grid.eta.spacing"),
 ])
 def test_bad_input_exits_2_before_any_work(cli, override, key):
-    code, out, err, dirs = cli("sweep", override, config=CONFIGS / "figure3.yaml")
+    code, out, err, dirs = cli("sweep", override, config=CONFIGS / "sweep.yaml")
     assert code == 2
     assert key in err and len(err.strip().splitlines()) == 1
     assert dirs == []
@@ -262,5 +263,6 @@ def test_bad_input_exits_2_before_any_work(cli, override, key):
 def test_chunks_shrink_to_the_memory_budget():
     from shallownet.sweep.grid import chunk_size
 
-    cfg = load_sweep_config(CONFIGS / "figure3.yaml", ["engine.backend=batched", "engine.memory_mb=16"])
+    cfg = load_config(SweepConfig, CONFIGS / "sweep.yaml", ["engine.backend=batched", "engine.memory_mb=16"])
+    validate(cfg)
     assert 1 <= chunk_size(cfg) < cfg.engine.chunk_size

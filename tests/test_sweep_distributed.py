@@ -25,7 +25,7 @@ def test_shares_cover_every_run_once(n_runs, world):
 
 @pytest.mark.distributed
 def test_two_gloo_processes_give_the_single_process_bits(tmp_path, cli):
-    config = str(CONFIGS / "figure3.yaml")
+    config = str(CONFIGS / "sweep.yaml")
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
               "-m", "shallownet.sweep.distributed", config, *GRID, f"output.root={tmp_path / 'split'}"]
     done = subprocess.run(launch, cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -34,7 +34,7 @@ def test_two_gloo_processes_give_the_single_process_bits(tmp_path, cli):
     (split,) = run_dirs(tmp_path / "split")
     assert read_summary(split)["timing"]["processes"] == 2
 
-    code, _, err, (single,) = cli("sweep", *GRID, config=CONFIGS / "figure3.yaml")
+    code, _, err, (single,) = cli("sweep", *GRID, config=CONFIGS / "sweep.yaml")
     assert code == 0, err
     merged, alone = np.load(split / "grid.npz"), np.load(single / "grid.npz")
     assert sorted(merged.files) == sorted(alone.files)

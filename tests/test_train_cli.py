@@ -28,20 +28,25 @@ def short_run(tmp_path_factory):
     code = main(["train", str(CONFIGS / "train.yaml"), f"output.root={root}", "train.max_steps=40",
                  "train.tol=1e-300", f"optim.lr={ETA}", "monitor.sharpness.every_n_steps=5"])
     (run_dir,) = [p.parent for p in root.rglob("config.yaml")]
-    return code, run_dir, events.read_scalars(run_dir), events.load(run_dir)
+    return code, run_dir, events.read_metrics(run_dir), events.load(run_dir)
 
 
 def test_run_folder_layout(short_run):
     code, run_dir, _, _ = short_run
     assert code == 0
     assert run_dir.name == "version_0" and run_dir.parent.name == "train"
-    for name in ("config.yaml", "summary.json", "last.ckpt"):
+    for name in ("config.yaml", "summary.json", "last.ckpt", "metrics.csv"):
         assert (run_dir / name).is_file()
     assert list(run_dir.glob("events.out.tfevents.*"))
+    assert not (run_dir / "hparams.yaml").exists()  # the config is config.yaml
 
 
 def test_every_contract_tag_has_the_right_points(short_run):
-    _, _, scalars, acc = short_run
+    _, run_dir, scalars, acc = short_run
+    in_tensorboard = events.read_scalars(run_dir)
+    for tag in DYNAMICS + CURVATURE:  # float32 events for TensorBoard, float64 in metrics.csv
+        np.testing.assert_array_equal(in_tensorboard[tag][0], scalars[tag][0])
+        np.testing.assert_allclose(in_tensorboard[tag][1], scalars[tag][1], rtol=1e-7, atol=1e-37)
     for tag in DYNAMICS:
         steps, _ = scalars[tag]
         assert steps.tolist() == list(range(41)), tag
@@ -74,9 +79,9 @@ def test_logged_sharpness_matches_the_closed_form(short_run):
     _, _, scalars, _ = short_run
     steps, sharp = scalars["curvature/sharpness"]
     eps, lam = scalars["dynamics/residual"][1][steps], scalars["dynamics/norm"][1][steps]
-    np.testing.assert_allclose(sharp, theory.sharpness(eps, lam, 1.0), rtol=1e-6)  # float32 event storage
-    np.testing.assert_allclose(scalars["curvature/stability_threshold"][1], 2 / ETA, rtol=1e-6)
-    np.testing.assert_allclose(scalars["curvature/sharpness_x_lr"][1], ETA * sharp, rtol=1e-6)
+    np.testing.assert_allclose(sharp, theory.sharpness(eps, lam, 1.0), rtol=1e-9)
+    np.testing.assert_allclose(scalars["curvature/stability_threshold"][1], 2 / ETA, rtol=1e-15)
+    np.testing.assert_allclose(scalars["curvature/sharpness_x_lr"][1], ETA * sharp, rtol=1e-15)
     assert (scalars["curvature/hvp_count"][1] >= 1).all()
 
 
@@ -89,7 +94,7 @@ def test_summary_agrees_with_the_last_logged_values(short_run):
     for key in ("loss", "residual", "norm", "imbalance", "imbalance_norm"):
         assert summary["final"][key] == scalars[f"dynamics/{key}"][1][-1], key
         assert summary["init"][key] == scalars[f"dynamics/{key}"][1][0], key
-    assert summary["final"]["sharpness"] == pytest.approx(scalars["curvature/sharpness"][1][-1], rel=1e-6)
+    assert summary["final"]["sharpness"] == scalars["curvature/sharpness"][1][-1]
 
 
 def test_hparams_tab_has_real_metrics(short_run):
@@ -98,8 +103,12 @@ def test_hparams_tab_has_real_metrics(short_run):
     plugins = acc.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in plugins
     assert b"optim.lr" in plugins["_hparams_/session_start_info"]
-    assert scalars["hparams/final_loss"][1][-1] == pytest.approx(summary["final"]["loss"], rel=1e-6, abs=1e-30)
-    assert scalars["hparams/final_sharpness"][1][-1] == pytest.approx(summary["final"]["sharpness"], rel=1e-6)
+    assert b"outcome" in plugins["_hparams_/session_start_info"]
+    assert b"max_steps" in plugins["_hparams_/session_start_info"]
+    in_tensorboard = events.read_scalars(run_dir)
+    assert in_tensorboard["hparams/final_loss"][1][-1] == pytest.approx(summary["final"]["loss"], rel=1e-6, abs=1e-30)
+    assert in_tensorboard["hparams/final_sharpness"][1][-1] == pytest.approx(summary["final"]["sharpness"], rel=1e-6)
+    assert in_tensorboard["hparams/converged"][1][-1] == 0.0
 
 
 def test_sharpness_layout_is_registered(short_run):
@@ -125,7 +134,7 @@ def test_diverging_run_is_an_outcome_not_a_crash(cli):
     assert "DIVERGED" in out
     summary = read_summary(run_dir)
     assert summary["status"] == "diverged" and summary["steps"] < 500
-    steps, norms = events.read_scalars(run_dir)["dynamics/norm"]
+    steps, norms = events.read_metrics(run_dir)["dynamics/norm"]
     assert steps[-1] == summary["steps"]
     assert not np.isfinite(norms[-1]) or norms[-1] > 1e12
 
@@ -179,5 +188,5 @@ def test_console_script_reports_bad_input_with_exit_2(tmp_path):
     proc = subprocess.run([exe, "train", "nope.key=1", f"output.root={tmp_path}"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("shallownet train: error: unknown config key 'nope'; allowed: "
-                                   "model, data, optim, train, monitor, output")
+                                   "model, data, loss, optim, train, trainer, monitor, output")
     assert list(tmp_path.iterdir()) == []

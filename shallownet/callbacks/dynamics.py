@@ -1,72 +1,102 @@
-"""DynamicsMonitor: logs the loss, residual, norm and imbalance of a scalar linear net to TensorBoard."""
+"""DynamicsMonitor: logs whatever quantities a module knows, under dynamics/<name>, to every logger."""
 
 from __future__ import annotations
 
 import lightning as L
 import torch
 
-from shallownet import quantities
+from shallownet.callbacks.logging import log_values
 from shallownet.callbacks.tensorboard import find_writer, log_step
+from shallownet.stop import INTERRUPTED
+
+
+def module_quantities(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+    """`pl_module.quantities()`, else `pl_module.model.quantities()`: 0-dim tensors (scalars) and 1-dim
+    tensors (histograms)."""
+    source = getattr(pl_module, "quantities", None) or getattr(getattr(pl_module, "model", None), "quantities", None)
+    if not callable(source):
+        raise TypeError("DynamicsMonitor needs pl_module.quantities() or pl_module.model.quantities()")
+    return source()
 
 
 class DynamicsMonitor(L.Callback):
-    """Every `every_n_steps` steps (and at the first and last), logs the public tags
+    """At train start, every `every_n_steps` steps and at train end, logs each 0-dim quantity as the scalar
+    `dynamics/<name>` through the logger API (every logger, and trainer.callback_metrics) and each 1-dim
+    quantity as the histogram `dynamics/<name>` (TensorBoard only).
 
-        dynamics/loss, dynamics/residual, dynamics/norm, dynamics/imbalance,
-        dynamics/imbalance_norm, dynamics/imbalance_ratio (scalars)
-        dynamics/imbalance_per_unit (histogram of the Q_i)
-
-    The module must have `model` with parameters `a`, `b`, a `phi` and `full_batch_loss()`
-    (ShallowNetModule has all three). imbalance_ratio is Q_k(t)/Q_k(0) for the unit k with the largest
-    |Q_k(0)|: every Q_i shrinks by the same factor P (theory.md section 3), so this equals Q/Q(0) and
-    stays defined when Q(0) = 0 but the units are not balanced.
+    A model's `ratios = {"<ratio>": "<vector>"}` adds the scalar dynamics/<ratio>: the vector's entry with
+    the largest initial magnitude, over its initial value (the reference is kept across a resume).
+    `first` and `last` hold the first and last logged scalars (the run summary's init / final).
     """
 
     def __init__(self, every_n_steps: int = 1):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.every_n_steps = every_n_steps
-        self.last_step: int | None = None
+        self.first: dict[str, float] = {}
         self.last: dict[str, float] = {}
-        self._ref_unit = 0
-        self._ref_q0 = float("nan")
+        self.last_step: int | None = None
+        self.references: dict[str, tuple[int, float]] = {}  # ratio name -> (entry, initial value)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        q0 = quantities.imbalance_per_unit(pl_module.model.a, pl_module.model.b).detach()
-        self._ref_unit = int(q0.abs().argmax())
-        self._ref_q0 = float(q0[self._ref_unit])
-        self.last_step = None
-        self._log(trainer, pl_module)
+        # a resumed run (global_step > 0) logs its first state only if an unbroken run would have
+        if trainer.global_step == 0 or log_step(trainer, pl_module) % self.every_n_steps == 0:
+            self._log(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if log_step(trainer, pl_module) % self.every_n_steps == 0:
             self._log(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log(trainer, pl_module)
+        if not interrupted(pl_module):  # the resumed run logs from its checkpoint on: nothing extra here
+            self._log(trainer, pl_module)
+
+    def measure(self, pl_module: L.LightningModule) -> dict[str, float]:
+        """The scalars at the current state, logging nothing."""
+        return self._scalars(module_quantities(pl_module), pl_module)[0]
+
+    def state_dict(self) -> dict:
+        return {"first": self.first, "last": self.last, "last_step": self.last_step, "references": self.references}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.first, self.last = state_dict["first"], state_dict["last"]
+        self.last_step, self.references = state_dict["last_step"], state_dict["references"]
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = log_step(trainer, pl_module)
         if step == self.last_step:
             return
         self.last_step = step
-        a, b = pl_module.model.a.detach(), pl_module.model.b.detach()
-        q_per_unit = quantities.imbalance_per_unit(a, b)
-        with torch.no_grad():
-            values = {"loss": float(pl_module.full_batch_loss())}
-        values.update(quantities.shallow_state(a, b, pl_module.phi))
-        values["imbalance_ratio"] = float(q_per_unit[self._ref_unit]) / self._ref_q0 if self._ref_q0 else float("nan")
-        self.last = values
+        scalars, vectors = self._scalars(module_quantities(pl_module), pl_module)
+        if not self.first:
+            self.first = scalars
+        self.last = scalars
+        log_values(trainer, {f"dynamics/{name}": value for name, value in scalars.items()}, step)
         writer = find_writer(trainer)
-        if writer is None:
-            return
-        for name, value in values.items():
-            # double precision: the tests check these against theory.md to round-off
-            writer.add_scalar(f"dynamics/{name}", value, step, new_style=True, double_precision=True)
-        self._log_histogram(writer, q_per_unit.cpu().numpy(), step)
+        if writer is not None:
+            for name, vector in vectors.items():
+                _log_histogram(writer, f"dynamics/{name}", vector.cpu().double().numpy(), step)
 
-    @staticmethod
-    def _log_histogram(writer, q_per_unit, step: int) -> None:
-        # at most 30 bins: TensorBoard's default ~1500 buckets would make every event ~10 kB
-        try:
-            writer.add_histogram("dynamics/imbalance_per_unit", q_per_unit, step, bins=min(q_per_unit.size, 30))
-        except ValueError:  # inf/nan or a range too wide for numpy to bin (a diverging run): skip it
-            pass
+
+    def _scalars(self, values: dict, pl_module) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        scalars = {name: float(v) for name, v in values.items() if v.dim() == 0}
+        vectors = {name: v.detach() for name, v in values.items() if v.dim() == 1}
+        for ratio, name in getattr(getattr(pl_module, "model", None), "ratios", {}).items():
+            if ratio not in self.references:
+                index = int(vectors[name].abs().argmax())
+                self.references[ratio] = (index, float(vectors[name][index]))
+            index, initial = self.references[ratio]
+            scalars[ratio] = float(vectors[name][index]) / initial if initial else float("nan")
+        return scalars, vectors
+
+
+def interrupted(pl_module: L.LightningModule) -> bool:
+    return getattr(pl_module, "outcome", None) == INTERRUPTED
+
+
+def _log_histogram(writer, tag: str, values, step: int) -> None:
+    # at most 30 bins: TensorBoard's default ~1500 buckets would make every event ~10 kB
+    try:
+        writer.add_histogram(tag, values, step, bins=min(values.size, 30))
+    except ValueError:  # inf/nan or a range too wide for numpy to bin (a diverging run): skip it
+        pass

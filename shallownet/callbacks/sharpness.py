@@ -3,7 +3,9 @@
 The model is the LightningModule itself (its trainable parameters). Data: `data=(X, Y)` if given, else
 `pl_module.curvature_data()`. Loss: `loss_fn(outputs, targets)` (a mean) if given, else
 `pl_module.loss_fn`. Eigenvalues come from warm-started Lanczos on Hessian-vector products; the dense
-Hessian is never formed.
+Hessian is never formed. The operator is built once per fit, at its first solve. Values go through the
+logger API (every logger, and trainer.callback_metrics, so ModelCheckpoint / EarlyStopping can monitor
+curvature/sharpness); the custom-scalars chart is added when a TensorBoard logger is present.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from shallownet.callbacks.dynamics import interrupted
+from shallownet.callbacks.logging import log_values
 from shallownet.callbacks.tensorboard import find_writer, log_step
 from shallownet.curvature import EigenResult, EigenTracker, HessianOperator
 from shallownet.curvature.operators import LossFn, full_precision
@@ -40,7 +44,7 @@ class SharpnessMonitor(Callback):
     max_iter HVPs. tol is raised to 1000 machine epsilons of the parameters' dtype where smaller
     (2.2e-13 in float64, 1.2e-4 in float32): below that, rounding in the HVPs decides and a float32 solve
     would only burn max_iter; the residual reached is logged either way. Steps with non-finite parameters
-    are skipped. `last` holds the last logged values,
+    are skipped. `first` / `last` hold the first and last logged values,
     `history` the (step, sharpness) pairs.
     """
 
@@ -53,6 +57,7 @@ class SharpnessMonitor(Callback):
         self.every_n_steps, self.top_k, self.tol = every_n_steps, top_k, tol
         self.loss_fn, self.data, self.chunk_size = loss_fn, data, chunk_size
         self.tracker = EigenTracker(k=top_k, tol=tol, max_iter=max_iter)
+        self.first: dict = {}
         self.last: dict = {}
         self.history: list[tuple[int, float]] = []
         self._operator: HessianOperator | None = None
@@ -60,13 +65,19 @@ class SharpnessMonitor(Callback):
 
     # --- hooks ------------------------------------------------------------------------------------------
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._operator = None  # one operator per fit, built at the first solve
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.every_n_steps == 0:
             return
         writer = find_writer(trainer)
         if writer is not None:
             writer.add_custom_scalars(LAYOUT)
-        self._log_if_due(trainer, pl_module)
+        if trainer.global_step == 0:
+            self._log(trainer, pl_module, log_step(trainer, pl_module))
+        else:  # resumed: only what an unbroken run would log at this step
+            self._log_if_due(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
@@ -74,14 +85,14 @@ class SharpnessMonitor(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = log_step(trainer, pl_module)
-        if self.every_n_steps and step != self._logged_step:
+        if self.every_n_steps and step != self._logged_step and not interrupted(pl_module):
             self._log(trainer, pl_module, step)
 
     def state_dict(self) -> dict:
-        return {"last": self.last, "history": self.history, "previous": self.tracker.previous}
+        return {"first": self.first, "last": self.last, "history": self.history, "previous": self.tracker.previous}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.last, self.history = state_dict["last"], state_dict["history"]
+        self.first, self.last, self.history = state_dict["first"], state_dict["last"], state_dict["history"]
         self.tracker.previous = state_dict["previous"]
         self._logged_step = self.last.get("step")  # a resumed run does not log that step twice
 
@@ -97,15 +108,11 @@ class SharpnessMonitor(Callback):
         return result
 
     def _operator_for(self, pl_module: L.LightningModule) -> HessianOperator:
-        inputs, targets = self.data if self.data is not None else pl_module.curvature_data()
-        loss_fn = self.loss_fn if self.loss_fn is not None else pl_module.loss_fn
-        op = self._operator
-        # One operator per (model, data, loss): it remembers a forward-mode AD fallback.
-        if (op is None or op.model is not pl_module or op.inputs is not inputs or op.targets is not targets
-                or op.loss_fn != loss_fn):
-            op = self._operator = HessianOperator(pl_module, loss_fn, (inputs, targets),
-                                                  chunk_size=self.chunk_size)
-        return op
+        if self._operator is None or self._operator.model is not pl_module:
+            data = self.data if self.data is not None else pl_module.curvature_data()
+            loss_fn = self.loss_fn if self.loss_fn is not None else pl_module.loss_fn
+            self._operator = HessianOperator(pl_module, loss_fn, data, chunk_size=self.chunk_size)
+        return self._operator
 
     def _log_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.every_n_steps == 0:
@@ -127,12 +134,11 @@ class SharpnessMonitor(Callback):
             scalars.update({STABILITY_THRESHOLD: 2.0 / lr, SHARPNESS_X_LR: lr * sharpness})
         if self.top_k > 1:
             scalars.update({EIGENVALUE.format(i): float(v) for i, v in enumerate(result.values, start=1)})
-        writer = find_writer(trainer)
-        if writer is not None:
-            for tag, value in scalars.items():
-                writer.add_scalar(tag, value, step)
+        log_values(trainer, scalars, step)
         self.last = {tag.removeprefix("curvature/"): value for tag, value in scalars.items()}
         self.last.update(step=step, hvp_count=result.n_hvp, converged=result.converged,
                          eigenvalues=[float(v) for v in result.values])
+        if not self.first:
+            self.first = self.last
         self.history.append((step, sharpness))
         self._logged_step = step

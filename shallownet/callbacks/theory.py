@@ -5,12 +5,13 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 
-from shallownet import quantities, theory
-from shallownet.callbacks.tensorboard import find_writer, log_step
+from shallownet import theory
+from shallownet.callbacks.logging import log_values
+from shallownet.callbacks.tensorboard import log_step
 
 
 class TheoryMonitor(L.Callback):
-    """After every GD step, logs the public tags (double precision)
+    """After every GD step, logs the public tags
 
         theory/gf_solution_sharpness   sqrt(4 phi^2 + Qn_t^2): the sharpness of the minimum gradient flow
                                        would reach from the current point
@@ -23,8 +24,9 @@ class TheoryMonitor(L.Callback):
                                        |predicted - measured| for eps and lam
         theory/pred_error_imbalance    max over units i of |predicted Q_i - measured Q_i|
 
-    The step size is the optimizer's `lr` (GD), phi is `pl_module.phi`; the module needs `model.a`,
-    `model.b` (ShallowNetModule has them). `factor` holds P after the run; `last` the last values logged.
+    The step size is the optimizer's `lr` (GD); the module's model must be a shallow net: `model.phi` and
+    `model.quantities()` with residual, norm, imbalance_norm and imbalance_per_unit (ScalarLinearNet).
+    `factor` holds P after the run; `last` the last values logged. Its state is kept in checkpoints.
     """
 
     def __init__(self):
@@ -37,20 +39,28 @@ class TheoryMonitor(L.Callback):
         self.eta = float(trainer.optimizers[0].param_groups[0].get("lr", 0.0))
         if not self.eta > 0:  # gradient-flow integrators report lr = 0
             raise ValueError("TheoryMonitor predicts GD steps: the optimizer needs a step size lr > 0")
-        self.factor = 1.0
-        self._previous = None
-        self._observe(trainer, pl_module)
+        if self._previous is None:  # a resumed run continues from its checkpointed state
+            self.factor = 1.0
+            self._observe(trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        previous = self._previous and {**self._previous, "per_unit": self._previous["per_unit"].tolist()}
+        return {"factor": self.factor, "last": self.last, "previous": previous}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.factor, self.last, previous = state_dict["factor"], state_dict["last"], state_dict["previous"]
+        self._previous = None if previous is None else {**previous, "per_unit": np.array(previous["per_unit"])}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step != self._previous["step"]:  # the batch that only judged the state took no step
             self._observe(trainer, pl_module)
 
     def _observe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        phi = pl_module.phi
-        a, b = pl_module.model.a.detach(), pl_module.model.b.detach()
-        current = quantities.shallow_state(a, b, phi)
+        phi = pl_module.model.phi
+        known = pl_module.model.quantities()
+        current = {name: float(known[name]) for name in ("residual", "norm", "imbalance_norm")}
         current["step"] = trainer.global_step
-        current["per_unit"] = quantities.imbalance_per_unit(a, b).double().cpu().numpy()
+        current["per_unit"] = known["imbalance_per_unit"].double().cpu().numpy()
         values = {"gf_solution_sharpness": float(theory.gf_solution_sharpness(current["imbalance_norm"], phi))}
         previous = self._previous
         if previous is not None:
@@ -66,9 +76,5 @@ class TheoryMonitor(L.Callback):
         values["imbalance_factor"] = self.factor
         self._previous = current
         self.last = values
-        writer = find_writer(trainer)
-        if writer is None:
-            return
-        step = log_step(trainer, pl_module)
-        for name, value in values.items():
-            writer.add_scalar(f"theory/{name}", float(value), step, new_style=True, double_precision=True)
+        log_values(trainer, {f"theory/{name}": float(value) for name, value in values.items()},
+                   log_step(trainer, pl_module))

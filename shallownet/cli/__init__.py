@@ -1,33 +1,28 @@
 """The `shallownet` command: `shallownet COMMAND [CONFIG] [key=value ...]`.
 
-Each command lives in its own module exposing `SUMMARY` (one line of help), `DEFAULT_CONFIG` (a file
-name in configs/) and `run(config_path, overrides) -> int`; modules are imported only when chosen, so
-`shallownet --help` stays fast.
+Each command lives in its own module exposing `SUMMARY` (one line of help) and
+`run(config_path, overrides) -> int`; modules are imported only when chosen and import nothing heavy at
+the top, so `shallownet --help` and bad-input errors stay fast. With no CONFIG the command's built-in
+defaults are used, wherever it is run (configs/<command>.yaml are examples equal to them).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 
 from shallownet.config import ConfigError
 
-COMMANDS = ("train", "sweep", "compare", "figure1")
+COMMANDS = ("train", "compare", "sweep", "figure1")
 
 USAGE = "usage: shallownet {" + ",".join(COMMANDS) + "} [CONFIG.yaml] [key=value ...]"
 
 
-def split_arguments(args: list[str], default_config: str) -> tuple[str | None, list[str]]:
-    """The first argument without '=' is the config file; the rest are key=value overrides.
-
-    With no config file named, configs/<default_config> in the working directory is used if present,
-    else the built-in defaults (which equal that shipped file).
-    """
+def split_arguments(args: list[str]) -> tuple[str | None, list[str]]:
+    """The first argument without '=' is the config file; the rest are key=value overrides."""
     if args and "=" not in args[0]:
         return args[0], args[1:]
-    fallback = Path("configs") / default_config
-    return (str(fallback) if fallback.is_file() else None), args
+    return None, args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         for name in COMMANDS:
             print(f"  {name:10s} {importlib.import_module(f'shallownet.cli.{name}').SUMMARY}")
+        print("with no CONFIG, the built-in defaults (configs/<command>.yaml shows them); "
+              "see README.md for the keys")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
@@ -45,12 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     if rest and rest[0] in ("-h", "--help"):
         print(f"usage: shallownet {name} [CONFIG.yaml] [key=value ...]\n  {command.SUMMARY}")
         return 0
-    config_path, overrides = split_arguments(rest, command.DEFAULT_CONFIG)
+    config_path, overrides = split_arguments(rest)
     try:
         return command.run(config_path, overrides)
     except ConfigError as err:
         print(f"shallownet {name}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the run folder exists (afterwards the run ends itself cleanly)
+        print(f"shallownet {name}: interrupted before the run started; nothing was written", file=sys.stderr)
+        return 130
+
+
+def exit_status(status: str) -> int:
+    """0 for every outcome of a run that went its way; 128 + signal for an interrupted one."""
+    from shallownet import interrupt
+
+    signum = interrupt.requested()
+    return 128 + signum if status == "interrupted" and signum else 0
 
 
 if __name__ == "__main__":

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 from shallownet.compare import CompareConfig, validate_compare
-from shallownet.run_folder import open_run, provenance, write_json
+from shallownet.config import load_config
+from shallownet.run_folder import check_output, provenance, start_run, write_json
 
-SUMMARY = "GD (several step sizes) vs gradient flow from one init, with theory's limits (default configs/compare.yaml)"
-DEFAULT_CONFIG = "compare.yaml"
+SUMMARY = "GD (several step sizes) vs gradient flow from one init, with theory's limits (configs/compare.yaml)"
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
-    cfg, run_dir = open_run(CompareConfig, validate_compare, config_path, overrides)
+    cfg = load_config(CompareConfig, config_path, overrides)
+    validate_compare(cfg)
+    check_output(cfg.output)
+    from shallownet import interrupt
+    from shallownet.cli import exit_status
     from shallownet.compare import compare, format_table
+    from shallownet.training import quiet_lightning
 
+    quiet_lightning()
+    interrupt.install()
+    run_dir = start_run(cfg)
     result = compare(cfg, run_dir)
-    result["provenance"] = provenance()
-    write_json(run_dir / "compare.json", result)
+    status = "interrupted" if any(row["outcome"] == "interrupted" for row in result["rows"]) else "done"
+    result.update(status=status, provenance=provenance())
+    write_json(run_dir / "summary.json", result)
     print(format_table(result))
     print(f"\nrun folder: {run_dir} (sub-runs {', '.join(row['run'] for row in result['rows'])})")
     print(f"view it: tensorboard --logdir {run_dir}")
-    return 0
+    return exit_status(status)

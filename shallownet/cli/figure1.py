@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from shallownet.config import load_config
 from shallownet.figure1 import Figure1Config, validate_figure1
-from shallownet.run_folder import open_run, provenance, write_json
+from shallownet.run_folder import check_output, provenance, start_run, write_json
 
-SUMMARY = "the paper's Figure 1: GD and GF paths in the (a, b) plane for d = 1 (default configs/figure1.yaml)"
-DEFAULT_CONFIG = "figure1.yaml"
+SUMMARY = "the paper's Figure 1: GD and GF paths in the (a, b) plane for d = 1 (defaults: configs/figure1.yaml)"
+
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
-    cfg, run_dir = open_run(Figure1Config, validate_figure1, config_path, overrides)
+    cfg = load_config(Figure1Config, config_path, overrides)
+    validate_figure1(cfg)
+    check_output(cfg.output)
     from shallownet.figure1 import make_figure1
 
+    run_dir = start_run(cfg)
     result = make_figure1(cfg, run_dir)
-    result["provenance"] = provenance()
-    write_json(run_dir / "figure1.json", result)
+    result.update(status="done", provenance=provenance())
+    write_json(run_dir / "summary.json", result)
     for path in result["paths"]:
         run = "GF" if path["eta"] is None else f"GD eta={path['eta']:g}"
         print(f"init {path['init']}: {run:12s} {path['outcome']:9s} in {path['steps']:4d} steps, "

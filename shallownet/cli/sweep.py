@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from shallownet.config import load_config
 from shallownet.run_folder import check_output
-from shallownet.sweep.grid import load_sweep_config
+from shallownet.sweep.grid import SweepConfig, validate
 
-SUMMARY = "GD over a grid of step size x initial scale, the paper's Figure 3 (default configs/figure3.yaml)"
-DEFAULT_CONFIG = "figure3.yaml"
+SUMMARY = "GD over a grid of step size x initial scale, the paper's Figure 3 (defaults: configs/sweep.yaml)"
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
-    cfg = load_sweep_config(config_path, overrides)
+    cfg = load_config(SweepConfig, config_path, overrides)
+    validate(cfg)
     check_output(cfg.output)
     from shallownet.sweep.runner import run_sweep  # heavy imports only once the input is known good
 

@@ -1,20 +1,67 @@
-"""`shallownet train [CONFIG] [key=value ...]`: one GD run, logged to TensorBoard, with a summary."""
+"""`shallownet train [CONFIG] [key=value ...]`: one full-batch run of any registered model.
+
+`train.resume=<run folder>` continues a stopped run in its folder from last.ckpt, with the folder's
+config.yaml (only train.max_steps and output.progress may be changed).
+"""
 
 from __future__ import annotations
 
-from shallownet.config import RunConfig, validate_run
-from shallownet.run_folder import open_run, provenance, write_json
+import json
+from pathlib import Path
 
-SUMMARY = "one GD run of the shallow net, logged to TensorBoard (default configs/train.yaml)"
-DEFAULT_CONFIG = "train.yaml"
+from omegaconf import OmegaConf
+
+from shallownet.config import ConfigError, RunConfig, load_config, validate_run
+from shallownet.run_folder import SUMMARY as SUMMARY_FILE
+from shallownet.run_folder import check_output, provenance, start_run, write_json
+
+SUMMARY = "one full-batch GD (or gradient-flow) run of any registered model, logged to TensorBoard and metrics.csv"
+RESUMABLE = ("starting", "interrupted", "max_steps", "max_time")
+RESUME_OVERRIDES = ("train.max_steps", "output.progress")
+
+
+def load(config_path: str | None, overrides: list[str]):
+    """The validated config, and the folder to resume in (None for a new run)."""
+    resume = [item.partition("=")[2] for item in overrides if item.startswith("train.resume=")]
+    if not resume or not resume[-1]:
+        cfg = load_config(RunConfig, config_path, overrides)
+        validate_run(cfg)
+        return cfg, None
+    run_dir = Path(resume[-1])
+    if config_path is not None:
+        raise ConfigError("train.resume takes the config of the run folder; name no CONFIG file")
+    for name in ("config.yaml", "last.ckpt", SUMMARY_FILE):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"config key 'train.resume': {run_dir} holds no {name}, so it is no run folder to resume")
+    status = json.loads((run_dir / SUMMARY_FILE).read_text()).get("status")
+    if status not in RESUMABLE:
+        raise ConfigError(f"config key 'train.resume': the run in {run_dir} ended {status}; only "
+                          f"{', '.join(RESUMABLE)} runs can be continued")
+    changes = [item for item in overrides if not item.startswith("train.resume=")]
+    for item in changes:
+        if item.partition("=")[0] not in RESUME_OVERRIDES:
+            raise ConfigError(f"override {item!r}: a resumed run keeps its config; only "
+                              f"{', '.join(RESUME_OVERRIDES)} may change")
+    cfg = load_config(RunConfig, run_dir / "config.yaml", changes)
+    validate_run(cfg)
+    return cfg, run_dir
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
-    cfg, run_dir = open_run(RunConfig, validate_run, config_path, overrides)
-    from shallownet.training import describe, fit  # heavy imports only once the input is known good
+    cfg, resume_dir = load(config_path, overrides)
+    check_output(cfg.output)
+    from shallownet import interrupt, training  # heavy imports only once the input is known good
+    from shallownet.cli import exit_status
 
-    summary = fit(cfg, run_dir)
+    training.quiet_lightning()
+    interrupt.install()
+    if resume_dir is None:
+        run_dir = start_run(cfg)
+    else:
+        run_dir = resume_dir
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    summary = training.run(cfg, run_dir, resume=resume_dir is not None)
     summary["provenance"] = provenance()
-    write_json(run_dir / "summary.json", summary)
-    print(describe(summary, run_dir, cfg.output.root))
-    return 0
+    write_json(run_dir / SUMMARY_FILE, summary)
+    print(training.describe(summary, run_dir, cfg.output.root))
+    return exit_status(summary["status"])

@@ -4,8 +4,10 @@
     torch    the same recursion as torch tensors, for CUDA (torch_paths.py)
     batched  plain GD on [N, d] tensors of (a, b): slow, the cross-check of the other two
 
-Every run stops on its own: converged once |eps_k| <= tol (tested before step k, so `steps` is the
-first such k), diverged once lam_k > divergence_norm or non-finite, otherwise after max_steps steps.
+Every run stops on its own by the one StopRule (shallownet.stop): converged once |eps_k| <= tol (tested
+before step k, so `steps` is the first such k), diverged once lam_k > divergence_norm or non-finite,
+otherwise after max_steps steps. The kernels test those conditions in their own code; the outcome is
+then read off each run's final state with StopRule.classify, the function every other path uses.
 """
 
 from __future__ import annotations
@@ -15,23 +17,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shallownet.stop import OUTCOMES as ALL_OUTCOMES
+from shallownet.stop import StopRule
+
 BACKENDS = ("numba", "torch", "batched")
 
-CONVERGED, DIVERGED, MAX_STEPS = 0, 1, 2
-OUTCOMES = ("converged", "diverged", "max_steps")  # indexed by the codes above
+OUTCOMES = ALL_OUTCOMES[:3]  # a sweep's runs end converged, diverged or at max_steps
+CONVERGED, DIVERGED, MAX_STEPS = range(3)  # the codes StopRule.classify gives them
 
 # Working memory per run while a chunk is simulated (state, inputs and temporaries, float64), for
 # sizing chunks to a memory budget; the batched path also holds ~10 [d]-vectors per run (a, b and
 # the temporaries of one step).
 _BYTES_PER_RUN = {"numba": 80, "torch": 200, "batched": 200}
 _BYTES_PER_RUN_AND_UNIT = 80
-
-
-@dataclass(frozen=True)
-class StopRule:
-    tol: float
-    divergence_norm: float
-    max_steps: int
 
 
 @dataclass
@@ -45,10 +43,8 @@ class Runs:
     steps: np.ndarray  # steps taken
 
     def outcome(self, rule: StopRule) -> np.ndarray:
-        """Outcome codes (int8), read off the final state with the stop test the runs used."""
-        converged = np.abs(self.residual) <= rule.tol
-        diverged = ~converged & ~(self.norm <= rule.divergence_norm)
-        return np.where(converged, CONVERGED, np.where(diverged, DIVERGED, MAX_STEPS)).astype(np.int8)
+        """Outcome codes (int8), read off the final state with the one stop rule."""
+        return rule.classify(self.residual, self.norm, self.steps)
 
 
 def bytes_per_run(backend: str, width: int) -> int:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from omegaconf import DictConfig
 
-from shallownet.config import ConfigError, load_config, require, require_device
-from shallownet.sweep.engine import BACKENDS, StopRule, bytes_per_run
+from shallownet.config import ConfigError, require, require_device
+from shallownet.stop import StopRule
+from shallownet.sweep.engine import BACKENDS, bytes_per_run
 
 SPACINGS = ("log", "linear")
 SWEEP_INIT_SCHEMES = ("imbalanced", "gaussian")
@@ -21,16 +22,16 @@ RESULT_BYTES_PER_RUN = 160  # the grid of results held in memory (and gathered o
 
 @dataclass
 class AxisConfig:
-    start: float = 0.01
-    stop: float = 1.0
-    num: int = 200
+    start: float
+    stop: float
+    num: int = 300
     spacing: str = "log"
 
 
 @dataclass
-class GridConfig:
-    eta: AxisConfig = field(default_factory=AxisConfig)
-    scale: AxisConfig = field(default_factory=AxisConfig)
+class GridConfig:  # the paper's Figure 3: eta = 1/phi sits inside the range; lam(0) = 2 s^2 from 0.02 to 18
+    eta: AxisConfig = field(default_factory=lambda: AxisConfig(start=0.01, stop=2.0))
+    scale: AxisConfig = field(default_factory=lambda: AxisConfig(start=0.1, stop=3.0))
 
 
 @dataclass
@@ -52,32 +53,26 @@ class StopConfig:
 class EngineConfig:
     backend: str = "numba"
     device: str = "cpu"
-    chunk_size: int = 16384
+    chunk_size: int = 8192
     memory_mb: float = 2048.0
 
 
 @dataclass
 class SweepOutputConfig:
     root: str = "runs"
-    name: str = "sweep"
+    name: str = "figure3"
     tensorboard: bool = True
     progress: bool = True
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig:  # configs/sweep.yaml shows these defaults
     phi: float = 1.0
     grid: GridConfig = field(default_factory=GridConfig)
     init: SweepInitConfig = field(default_factory=SweepInitConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     output: SweepOutputConfig = field(default_factory=SweepOutputConfig)
-
-
-def load_sweep_config(path, overrides: list[str]) -> DictConfig:
-    cfg = load_config(SweepConfig, path, overrides)
-    validate(cfg)
-    return cfg
 
 
 def validate(cfg: DictConfig) -> None:

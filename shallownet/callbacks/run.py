@@ -1,0 +1,100 @@
+"""Callbacks of a whole run: its summary and hparams entry, periodic checkpoints, and stop requests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+
+from shallownet import interrupt
+from shallownet.callbacks.dynamics import DynamicsMonitor
+from shallownet.callbacks.sharpness import SharpnessMonitor
+from shallownet.callbacks.tensorboard import find_writer, log_step
+from shallownet.stop import CONVERGED, DIVERGED, INTERRUPTED
+
+# hparams session status per outcome: TensorBoard's hparams tab shows and filters on it
+_STATUS = {CONVERGED: "STATUS_SUCCESS", DIVERGED: "STATUS_FAILURE"}
+
+
+class RunRecorder(L.Callback):
+    """At the end of a run: the outcome, the init / final values the monitors logged (no extra solves),
+    and the hparams entry (the config, the outcome as a filterable hparam, final loss / sharpness /
+    steps as metrics, and a session status: success for converged, failure for diverged, unknown for
+    budgets and interruptions). Put it after the monitors in the callback list."""
+
+    def __init__(self, hparams: dict, dynamics: DynamicsMonitor, sharpness: SharpnessMonitor | None):
+        self.hparams, self.dynamics, self.sharpness = hparams, dynamics, sharpness
+        self.outcome: str | None = None
+        self.init: dict = {}
+        self.final: dict = {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.outcome = pl_module.final_outcome()
+        self.init, self.final = dict(self.dynamics.first), dict(self.dynamics.last)
+        if self.outcome == INTERRUPTED:  # the monitors did not log this state (a resume will)
+            self.final = self.dynamics.measure(pl_module)
+        first, last = (self.sharpness.first, self.sharpness.last) if self.sharpness else ({}, {})
+        self.init["sharpness"] = first.get("sharpness")
+        # an interrupted run's last solve may be older than its final state: no sharpness then
+        current = last.get("step") == log_step(trainer, pl_module)
+        self.final["sharpness"] = last.get("sharpness") if current else None
+        writer = find_writer(trainer)
+        if writer is not None:  # before Lightning finalizes the logger, so one events file
+            self._write_hparams(writer, trainer.global_step)
+
+    def _write_hparams(self, writer, steps: int) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        metrics = {"hparams/final_loss": self.final.get("loss"), "hparams/final_sharpness": self.final["sharpness"],
+                   "hparams/steps": float(steps), "hparams/converged": float(self.outcome == CONVERGED)}
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        experiment, start, _ = hparams({**self.hparams, "outcome": self.outcome}, metrics)
+        for summary in (experiment, start, _session_end(_STATUS.get(self.outcome, "STATUS_UNKNOWN"))):
+            writer.file_writer.add_summary(summary)
+        for tag, value in metrics.items():
+            writer.add_scalar(tag, value, steps)
+
+
+def _session_end(status: str):
+    """The hparams plugin's session-end summary with the given status (torch's helper says success always)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    content = plugin_data_pb2.HParamsPluginData(
+        session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(status)),
+        version=metadata.PLUGIN_DATA_VERSION)
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,
+                                                                  content=content.SerializeToString()))
+    return Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=meta)])
+
+
+class PeriodicCheckpoint(L.Callback):
+    """Every `every_n_steps` steps, the trainer's full state to `path` (written aside, then renamed, so a
+    kill mid-write leaves the previous checkpoint whole)."""
+
+    def __init__(self, path: Path, every_n_steps: int):
+        self.path, self.every_n_steps = Path(path), every_n_steps
+        self._saved_step: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._saved_step:
+            self._saved_step = step
+            save_checkpoint(trainer, self.path)
+
+
+def save_checkpoint(trainer: L.Trainer, path: Path) -> None:
+    partial = path.with_name(path.name + ".partial")
+    trainer.save_checkpoint(partial)
+    if trainer.is_global_zero:
+        os.replace(partial, path)
+
+
+class StopOnSignal(L.Callback):
+    """Re-installs shallownet.interrupt's SIGINT / SIGTERM handlers once training starts: Lightning
+    registers its own SIGTERM handler in fit(), which would end the run with an exception (and exit 0)
+    instead of the clean `interrupted` outcome."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        interrupt.install()

@@ -1,0 +1,34 @@
+"""Loss functions by name (a config's `loss`): each maps (outputs, targets) to the mean over the rows.
+
+Mean-reduced on purpose: chunked gradients and Hessian-vector products weight chunk i by n_i / N,
+which is exact only for a mean over rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def half_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1/2 mean (output - target)^2: for one point (1, phi) exactly L = 1/2 (a.b - phi)^2."""
+    return 0.5 * (outputs.reshape(targets.shape) - targets).square().mean()
+
+
+def half_sum_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1/2 sum over classes of (output - one_hot(target))^2, averaged over the rows (Cohen et al. 2021).
+
+    torch's MSELoss would also average over the classes, which divides the sharpness by their number.
+    Integer targets are class labels; float targets are used as they are.
+    """
+    if not targets.is_floating_point():
+        targets = F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)
+    return 0.5 * (outputs - targets).square().sum(dim=-1).mean()
+
+
+def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits against integer class labels."""
+    return F.cross_entropy(outputs, targets)
+
+
+LOSSES = {"half_mse": half_mse, "half_sum_mse": half_sum_mse, "cross_entropy": cross_entropy}
