@@ -85,6 +85,9 @@ class PeriodicCheckpoint(L.Callback):
 
 
 def save_checkpoint(trainer: L.Trainer, path: Path) -> None:
+    """The logs are flushed first: whatever a checkpoint holds, the logs hold too (a resume cuts them there)."""
+    for logger in trainer.loggers:
+        logger.save()
     partial = path.with_name(path.name + ".partial")
     trainer.save_checkpoint(partial)
     if trainer.is_global_zero:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib
 import sys
 
-from shallownet.config import ConfigError
-
 COMMANDS = ("train", "compare", "sweep", "figure1")
 
 USAGE = "usage: shallownet {" + ",".join(COMMANDS) + "} [CONFIG.yaml] [key=value ...]"
@@ -26,7 +24,16 @@ def split_arguments(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:  # before the run folder exists (afterwards the run ends itself cleanly)
+        print("shallownet: interrupted before the run started; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
+    from shallownet.config import ConfigError  # imported here: Ctrl-C during any import is handled above
+
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         for name in COMMANDS:
@@ -48,9 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"shallownet {name}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before the run folder exists (afterwards the run ends itself cleanly)
-        print(f"shallownet {name}: interrupted before the run started; nothing was written", file=sys.stderr)
-        return 130
 
 
 def exit_status(status: str) -> int:
