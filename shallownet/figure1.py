@@ -202,9 +202,10 @@ def make_figure1(cfg: DictConfig, run_dir: Path) -> dict:
     """Compute the paths, save figure1.png in run_dir and the same image in its TensorBoard events."""
     from torch.utils.tensorboard import SummaryWriter
 
+    from shallownet.plots import save_figure
+
     records = compute_paths(cfg)
     fig = draw(cfg, records)
-    fig.savefig(run_dir / "figure1.png")
     with SummaryWriter(str(run_dir)) as writer:
-        writer.add_figure("figure1", fig, global_step=0)  # closes the figure
+        save_figure(fig, run_dir / "figure1.png", writer, "figure1", dpi=150)
     return {"phi": cfg.phi, "png": str(run_dir / "figure1.png"), "paths": summarize(records)}

@@ -34,7 +34,10 @@ def figure3(recs: dict, phi: float, max_steps: int, tol: float):
 
     steps = np.ma.masked_where(outcome != CONVERGED, recs["steps"].astype(float))
     steps = np.ma.masked_less(steps, 1)  # runs that start converged have no place on a log scale
-    mesh = _map(right, recs, steps, cmap="viridis", norm=LogNorm())
+    reached = steps.compressed()  # a grid where nothing converged still gets a valid colour scale
+    low = float(reached.min()) if reached.size else 1.0
+    mesh = _map(right, recs, steps, cmap="viridis",
+                norm=LogNorm(vmin=low, vmax=max(float(reached.max()) if reached.size else max_steps, 10 * low)))
     fig.colorbar(mesh, ax=right, label=f"steps to |ε| ≤ {tol:g}")
     _mark(right, recs, outcome == MAX_STEPS, MAX_STEPS_COLOUR)
     right.set_title("time to converge")

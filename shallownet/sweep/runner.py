@@ -10,7 +10,8 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from shallownet.run_folder import new_run_dir, provenance, write_config, write_json
+from shallownet.plots import save_figure
+from shallownet.run_folder import provenance, start_run, write_json
 from shallownet.sweep import distributed
 from shallownet.sweep.engine import OUTCOMES, Runs, simulate
 from shallownet.sweep.figures import figure3, sharpness_panel
@@ -34,8 +35,7 @@ def run_sweep(cfg: DictConfig) -> int:
     with distributed.session(cfg.engine.device) as (rank, world, device):
         run_dir = None
         if rank == 0:
-            run_dir = new_run_dir(cfg.output.root, cfg.output.name)
-            write_config(run_dir, cfg)
+            run_dir = start_run(cfg)
         flat = distributed.share(grid.size, rank, world)
         if cfg.engine.backend == "numba":
             from shallownet.sweep.kernel import load_kernel
@@ -64,15 +64,17 @@ def write_outputs(run_dir: Path, cfg: DictConfig, grid: Grid, runs: Runs, timing
     save_npz(run_dir / "grid.npz", recs)
     figures = {"figure3": figure3(recs, grid.phi, grid.rule.max_steps, grid.rule.tol),
                "sharpness": sharpness_panel(recs, grid.phi)}
-    for name, fig in figures.items():
-        fig.savefig(run_dir / f"{name}.png", dpi=120)
+    writer = None
     if cfg.output.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        with SummaryWriter(log_dir=str(run_dir)) as writer:
-            for name, fig in figures.items():
-                writer.add_figure(f"sweep/{name}", fig, close=False)
+        writer = SummaryWriter(log_dir=str(run_dir))
+    for name, fig in figures.items():
+        save_figure(fig, run_dir / f"{name}.png", writer, f"sweep/{name}")
+    if writer is not None:
+        writer.close()
     summary = {
+        "status": "done",
         "outcome_codes": dict(enumerate(OUTCOMES)),
         **summarise(grid, recs),
         "files": {"grid": "grid.npz", "figures": [f"{name}.png" for name in figures]},
