@@ -60,7 +60,8 @@ def fit(module: L.LightningModule, datamodule: L.LightningDataModule, *, max_ste
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, max_steps // 100)))
     trainer = L.Trainer(
         max_steps=max_steps, max_epochs=-1, logger=list(loggers) or False, callbacks=callbacks,
-        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks), enable_model_summary=False, enable_progress_bar=progress,
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks), enable_model_summary=False,
+        enable_progress_bar=progress,
         num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1, **(trainer_options or {}),
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
