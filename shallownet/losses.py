@@ -6,8 +6,10 @@ which is exact only for a mean over rows.
 
 from __future__ import annotations
 
-import torch
-from torch.nn import functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a loss is computed: config checks name losses without it
+    import torch
 
 
 def half_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -21,6 +23,8 @@ def half_sum_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     torch's MSELoss would also average over the classes, which divides the sharpness by their number.
     Integer targets are class labels; float targets are used as they are.
     """
+    from torch.nn import functional as F
+
     if not targets.is_floating_point():
         targets = F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)
     return 0.5 * (outputs - targets).square().sum(dim=-1).mean()
@@ -28,6 +32,8 @@ def half_sum_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of logits against integer class labels."""
+    from torch.nn import functional as F
+
     return F.cross_entropy(outputs, targets)
 
 

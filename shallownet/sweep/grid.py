@@ -17,6 +17,7 @@ from shallownet.sweep.engine import BACKENDS, bytes_per_run
 
 SPACINGS = ("log", "linear")
 SWEEP_INIT_SCHEMES = ("imbalanced", "gaussian")
+TORCH_CPU_CHUNK = 65536  # the torch backends on a CPU advance ~1e7 config-steps/s: progress every few s
 RESULT_BYTES_PER_RUN = 160  # the grid of results held in memory (and gathered on rank 0): ~16 float64s
 
 
@@ -127,7 +128,10 @@ def chunk_size(cfg: DictConfig) -> int:
             f"the grid of {cfg.grid.eta.num} x {cfg.grid.scale.num} runs needs {results / 2**20:.0f} MB for its "
             f"results plus {per_run} bytes per run being simulated, more than engine.memory_mb="
             f"{cfg.engine.memory_mb:g}; shrink grid.eta.num / grid.scale.num or raise engine.memory_mb")
-    return min(cfg.engine.chunk_size, fits)
+    chunk = min(cfg.engine.chunk_size, fits)
+    if cfg.engine.backend != "numba" and cfg.engine.device == "cpu":
+        chunk = min(chunk, TORCH_CPU_CHUNK)  # torch on the CPU: keep the progress bar moving
+    return chunk
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from shallownet.sweep.results import records, save_npz, summarise
 
 
 def compute(cfg: DictConfig, grid: Grid, flat: np.ndarray | None = None, device: str | None = None,
-            progress: bool = False) -> Runs:
+            progress: bool = False, desc: str = "sweep") -> Runs:
     """Simulate the runs of `grid` with the given flat indices (default all) as cfg.engine says."""
     eta, index = grid.runs(flat)
-    with tqdm(total=eta.size, unit="run", desc="sweep", disable=not progress, smoothing=0.1) as bar:
+    with tqdm(total=eta.size, unit="run", desc=desc, disable=not progress, smoothing=0.1) as bar:
         return simulate(eta, index, grid.a0, grid.b0, grid.phi, grid.rule, backend=cfg.engine.backend,
                         device=device or cfg.engine.device, chunk_size=chunk_size(cfg), progress=bar.update)
 
@@ -42,7 +42,8 @@ def run_sweep(cfg: DictConfig) -> int:
 
             load_kernel()  # JIT compile or cache load (~0.3 s) outside the timed simulation
         simulating = time.perf_counter()
-        runs = compute(cfg, grid, flat, device, progress=cfg.output.progress and rank == 0)
+        desc = "sweep" if world == 1 else f"sweep, rank 0's share of {grid.size} runs on {world} processes"
+        runs = compute(cfg, grid, flat, device, progress=cfg.output.progress and rank == 0, desc=desc)
         runs = distributed.gather(runs, flat, grid.size, rank, world)
         seconds = time.perf_counter() - simulating
     if rank != 0:
