@@ -10,6 +10,9 @@ with an oracle where their own stopping rule cannot express it). Nothing is cach
 
     python benchmarks/bench_curvature.py            # about 1-3 minutes on 2 cores
     python benchmarks/bench_curvature.py --quick    # smaller model and trajectory: a smoke test
+
+The peers come with the `bench` extra (pip install -e '.[bench]'); without them their rows are skipped,
+said so at the start. scikit-learn (the digits) is needed in any case.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import importlib.util
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -33,6 +38,7 @@ from shallownet.curvature import EigenTracker, HessianOperator, power_iteration,
 
 TARGET = 1e-6  # relative residual every method has to reach
 POWER_CAP = 600  # HVPs allowed to power iteration at "best" settings
+PEERS = {"pyhessian": "pyhessian", "hessian_eigenthings": "hessian-eigenthings"}  # module: distribution
 
 
 @dataclass
@@ -304,6 +310,19 @@ def true_residual(op, value, vector) -> float:
     return float(torch.linalg.vector_norm(op(vector) - value * vector)) / abs(value)
 
 
+def missing(modules) -> list[str]:
+    """The modules of `modules` that cannot be imported (checked without importing them)."""
+    return [module for module in modules if importlib.util.find_spec(module) is None]
+
+
+def peer_rows(model, data, repeats, absent) -> list:
+    rows = []
+    for module, run in (("pyhessian", pyhessian_rows), ("hessian_eigenthings", eigenthings_rows)):
+        if module not in absent:
+            rows += run(model, data, repeats)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64-32-32-10 MLP, 60 GD steps, 5 logged steps")
@@ -313,6 +332,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.5, help="GD step size (default 0.5)")
     parser.add_argument("--steps", type=int, default=None, help="GD steps to the point (default 300, quick 60)")
     args = parser.parse_args()
+    if missing(["sklearn"]):
+        print("bench_curvature needs scikit-learn for the digits data: pip install -e '.[bench]'", file=sys.stderr)
+        sys.exit(2)
+    absent = missing(PEERS)
+    if absent:  # checked now: finding out after minutes of our own rows helps no one
+        print(f"note: {', '.join(PEERS[m] for m in absent)} not installed (pip install -e '.[bench]'): "
+              "their rows are skipped")
     torch.set_num_threads(args.threads)
     sizes, steps, n_logged, repeats = ([64, 32, 32, 10], 60, 5, 1) if args.quick else ([64, 256, 256, 10], 300, 20, 3)
     steps, lr = args.steps or steps, args.lr
@@ -326,7 +352,7 @@ def main() -> None:
     print(f"reference eigsh(which='LA', k=2, tol=1e-14): lambda_1 = {top:.12g}, lambda_2 = {second:.12g} "
           f"({ref_calls} HVPs, {ref_seconds:.1f} s)\n")
 
-    rows = ours(op, repeats) + pyhessian_rows(model, data, repeats) + eigenthings_rows(model, data, repeats)
+    rows = ours(op, repeats) + peer_rows(model, data, repeats, absent)
     table = []
     for row, vector in rows:
         row.residual = true_residual(op, row.value, vector)

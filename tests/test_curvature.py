@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from extensions.mlp import load_digits, mlp
 from shallownet import theory
@@ -18,17 +19,33 @@ from shallownet.curvature import (
     EigenTracker,
     HessianOperator,
     dense_hessian,
+    flat_parameters,
     hutchinson,
     lanczos,
+    power_iteration,
     top_eigenvalue,
 )
+from shallownet.curvature.eigen import LARGEST_MAGNITUDE
 from shallownet.model import ScalarLinearNet
 
 TOL = 1e-10
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: one thread beats two contending ones on a shared machine (and the file stays fast)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def mse(outputs, targets):
     return 0.5 * ((outputs - targets) ** 2).sum(dim=-1).mean()
+
+
+def half_mse(outputs, targets):
+    return 0.5 * (outputs.reshape(targets.shape) - targets).square().mean()
 
 
 def mlp_problem(activation="tanh", seed=0, n=23, sizes=(3, 6, 5, 2)):
@@ -362,8 +379,7 @@ def test_cuda_matches_cpu():
 def test_tracker_survives_a_repeated_solve_at_the_same_point():
     """Two solves at one point can leave the same vector twice in the warm-start block; the next solve
     must drop the duplicate rather than divide 0 by 0 (the run summary measures at logged steps too)."""
-    from shallownet.model import ScalarLinearNet, initial_vectors
-    from shallownet.module import half_mse
+    from shallownet.model import initial_vectors
 
     net = ScalarLinearNet(*initial_vectors(10, seed=0))
     data = (torch.ones(1, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
@@ -393,20 +409,378 @@ def test_kept_graph_follows_the_parameters():
     torch.testing.assert_close(after, fresh, rtol=1e-13, atol=1e-15)
     assert (after - before).abs().max() > 1e-6
     model.eval()  # the mode is part of the point as well (dropout, batch norm)
-    assert op._kept_graph is not None
+    assert op._kept is not None
     op.release()
-    assert op._kept_graph is None
+    assert op._kept is None
     torch.testing.assert_close(op(v), fresh, rtol=1e-13, atol=1e-15)
 
 
 def test_start_block_larger_than_the_space():
     """A warm-start block with more vectors than parameters (tracking a width-1 net: dim 2, depth 3)."""
-    from shallownet.model import ScalarLinearNet
-    from shallownet.module import half_mse
-
     net = ScalarLinearNet(torch.tensor([0.7], dtype=torch.float64), torch.tensor([-1.3], dtype=torch.float64))
     op = HessianOperator(net, half_mse, (torch.ones(1, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)))
     block = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     result = lanczos(op, block, tol=1e-12)
     expected = theory.sharpness(0.7 * -1.3 - 1.0, 0.7**2 + 1.3**2, 1.0)
     assert result.converged and result.n_hvp == 2 and result.value == pytest.approx(expected, rel=1e-12)
+
+
+# --- repeated eigenvalues (block Lanczos) ----------------------------------------------------------
+
+class Symmetric:
+    """v -> A v with A = Q diag(spectrum) Q^T for a seeded random orthogonal Q: a known spectrum."""
+
+    def __init__(self, spectrum, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(len(spectrum), len(spectrum), generator=gen, dtype=torch.float64))
+        self.matrix = q @ torch.diag(torch.tensor(spectrum, dtype=torch.float64)) @ q.T
+        self.dim, self.dtype, self.device = len(spectrum), torch.float64, torch.device("cpu")
+
+    def __call__(self, v):
+        return self.matrix @ v
+
+
+def assert_top_k(result, op, expected):
+    """Values as expected (multiplicities included), orthonormal vectors, residuals recomputed."""
+    k = len(expected)
+    assert result.converged and len(result.values) == k
+    np.testing.assert_allclose(result.values.numpy(), expected, rtol=1e-8)
+    np.testing.assert_allclose((result.vectors @ result.vectors.T).numpy(), np.eye(k), atol=1e-10)
+    for value, vector in zip(result.values, result.vectors, strict=True):
+        assert true_residual(op, float(value), vector) <= 10 * TOL
+
+
+SPREAD = list(np.linspace(-1.0, 1.0, 20))
+REPEATED = {
+    "two equal on top": ([3.0, 3.0, 2.0, 1.5] + SPREAD, 2),
+    "multiplicity 16 over a larger negative one": ([5.0] * 16 + [4.0] * 3 + [-6.0] * 16 + SPREAD, 3),
+    "two repeated eigenvalues": ([7.0, 7.0, 3.0, 3.0, 3.0, 2.5] + SPREAD, 4),
+    "a multiple of the identity": ([1.0] * 30, 5),
+}
+
+
+@pytest.mark.parametrize(("spectrum", "k"), REPEATED.values(), ids=REPEATED.keys())
+@pytest.mark.parametrize("max_basis", [None, 12])
+def test_lanczos_finds_repeated_eigenvalues(spectrum, k, max_basis):
+    op = Symmetric(spectrum)
+    result = lanczos(op, k=k, tol=TOL, max_basis=max_basis)  # 12: restarts with a block
+    assert_top_k(result, op, sorted(spectrum, reverse=True)[:k])
+
+
+def test_plain_callable_with_a_start_vector():
+    """A function v -> A v is enough when v0 is given: the rest of the block is drawn like v0."""
+    op = Symmetric([4.0, 4.0, 4.0, 1.0] + SPREAD, seed=1)
+    result = lanczos(lambda v: op.matrix @ v, torch.ones(op.dim, dtype=torch.float64), k=3, tol=TOL)
+    assert_top_k(result, op, [4.0, 4.0, 4.0])
+    with pytest.raises(ValueError, match="v0"):
+        lanczos(lambda v: op.matrix @ v, k=3)
+
+
+def saddle_problem(width=16):
+    """A depth-2 linear net at zero weights: H = [[0, C], [C^T, 0]] (per hidden unit), so every eigenvalue
+    +-s of the data's cross-covariance occurs `width` times, with sign: a symmetric saddle."""
+    gen = torch.Generator().manual_seed(15)
+    model = nn.Sequential(nn.Linear(5, width, bias=False), nn.Linear(width, 3, bias=False)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    data = (torch.randn(40, 5, generator=gen, dtype=torch.float64), torch.randn(40, 3, generator=gen,
+                                                                                  dtype=torch.float64))
+    return model, mse, data
+
+
+def test_top_k_at_a_symmetric_saddle():
+    model, loss_fn, data = saddle_problem()
+    exact = dense_eigvalsh(model, loss_fn, data).flip(0)
+    assert float(exact[15] / exact[0]) == pytest.approx(1, abs=1e-12) and float(exact[16]) < 0.9 * float(exact[0])
+    torch.testing.assert_close(exact, -exact.flip(0), rtol=0, atol=1e-12)  # symmetric spectrum
+    op = HessianOperator(model, loss_fn, data)
+    for k in (1, 2, 3, 17):  # 17: the 16 copies of the top one, then the next eigenvalue
+        assert_top_k(lanczos(op, k=k, tol=TOL), op, exact[:k].numpy())
+    # Power iteration cannot separate +lambda from -lambda: it must keep saying so.
+    power = top_eigenvalue(op, method="power", tol=1e-8, max_iter=300)
+    assert not power.converged and power.residual > 1e-8 and power.note
+    assert abs(power.value - float(exact[0])) > 1e-3 * float(exact[0])
+
+
+def test_tracker_warm_starts_a_repeated_top_k():
+    model, loss_fn, data = saddle_problem()
+    op = CountingHvp(HessianOperator(model, loss_fn, data))
+    exact = dense_eigvalsh(model, loss_fn, data).flip(0)[:3].numpy()
+    tracker = EigenTracker(k=3, tol=TOL)
+    cold = tracker.solve(op)
+    warm = tracker.solve(op)  # from the three vectors just found: their products are all it needs
+    assert_top_k(cold, op.op, exact)
+    assert_top_k(warm, op.op, exact)
+    assert warm.n_hvp == 3 < cold.n_hvp and op.calls == cold.n_hvp + warm.n_hvp
+
+
+# --- measuring leaves the run alone ----------------------------------------------------------------
+
+def dropout_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Dropout(0.3), nn.Linear(6, 2)).double()
+
+
+def batchnorm_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 2)).double()
+
+
+def small_data(n=23, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, generator=gen, dtype=torch.float64), torch.randn(n, 2, generator=gen, dtype=torch.float64)
+
+
+def autograd_hessian(model, loss_fn, data):
+    """Dense Hessian by reverse-over-reverse autograd: one forward (one dropout mask, drawn from the global
+    stream), on copies of the buffers; a reference where torch.func.hessian cannot go (train-mode dropout)."""
+    x, y = data
+    names = list(dict(model.named_parameters()))
+    shapes = [p.shape for p in model.parameters()]
+
+    def loss(flat):
+        params = dict(zip(names, (piece.view(s) for piece, s in zip(flat.split([s.numel() for s in shapes]), shapes,
+                                                                      strict=True)), strict=True))
+        buffers = {name: b.clone() for name, b in model.named_buffers()}
+        return loss_fn(torch.func.functional_call(model, {**params, **buffers}, (x,)), y)
+
+    return torch.autograd.functional.hessian(loss, flat_parameters(model))
+
+
+def gd_run(build, measure: bool, steps=4):
+    """A plain-torch GD loop (train mode, global RNG); with `measure`, every curvature call after each step."""
+    model, data = build(), small_data()
+    params = list(model.parameters())
+    ops = {method: HessianOperator(model, mse, data, method=method) for method in METHODS}
+    tracker = EigenTracker(k=2, tol=1e-10, max_iter=60)
+    torch.manual_seed(123)
+    for _ in range(steps):
+        grads = torch.autograd.grad(mse(model(data[0]), data[1]), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p.sub_(0.1 * g)
+        if measure:
+            tracker.solve(ops["double-backward"])
+            power_iteration(ops["forward-over-reverse"], max_iter=5)
+            hutchinson(ops["finite-difference"], n_samples=3)
+            ops["double-backward"].gradient()
+            lanczos(ops["forward-over-reverse"], k=2, max_iter=20)
+    return {name: t.clone() for name, t in model.state_dict().items()}, torch.get_rng_state()
+
+
+@pytest.mark.parametrize("build", [dropout_net, batchnorm_net], ids=["dropout", "batchnorm"])
+def test_measuring_does_not_change_the_run(build):
+    (plain, plain_rng), (measured, measured_rng) = gd_run(build, False), gd_run(build, True)
+    assert plain.keys() == measured.keys()
+    for name in plain:  # parameters and buffers (running statistics, num_batches_tracked), bit for bit
+        assert torch.equal(plain[name], measured[name]), name
+    assert torch.equal(plain_rng, measured_rng)
+
+
+def test_dropout_gives_one_fixed_symmetric_matrix():
+    """With dropout in train mode all products of an operator use one mask (drawn from the stream seeded
+    with op.seed): H is that mask's Hessian, symmetric, the same for every method and every call."""
+    model, data = dropout_net(), small_data()
+    op = HessianOperator(model, mse, data)
+    rng = torch.get_rng_state()
+    matrix = torch.stack([op(e) for e in torch.eye(op.dim, dtype=torch.float64)])
+    assert torch.equal(torch.get_rng_state(), rng)
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(op.seed)
+        reference = autograd_hessian(model, mse, data)
+    torch.testing.assert_close(matrix, reference, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(matrix, matrix.T, rtol=1e-12, atol=1e-13)
+    v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(op(v), op(v))
+    for method in ("forward-over-reverse", "finite-difference"):
+        other = HessianOperator(model, mse, data, method=method)(v)
+        tolerance = 1e-12 if method == "forward-over-reverse" else 1e-6
+        assert float(torch.linalg.vector_norm(other - matrix @ v)) <= tolerance * float(torch.linalg.vector_norm(v))
+    assert_top_k(lanczos(op, k=2, tol=TOL), op, torch.linalg.eigvalsh(matrix).flip(0)[:2].numpy())
+    # The mask is real: another seed gives another matrix; eval mode (no dropout) the dense Hessian.
+    reseeded = HessianOperator(model, mse, data, seed=1)
+    assert float(torch.linalg.vector_norm(reseeded(v) - op(v))) > 1e-3 * float(torch.linalg.vector_norm(op(v)))
+    model.eval()
+    torch.testing.assert_close(op(v), dense_hessian(model, mse, data) @ v, rtol=1e-12, atol=1e-13)
+
+
+def test_batchnorm_in_train_mode_refuses_chunks():
+    model, data = batchnorm_net(), small_data()
+    with pytest.raises(ValueError, match=r"BatchNorm1d '1'.*5 chunks.*chunk_size=None.*eval mode") as refused:
+        HessianOperator(model, mse, data, chunk_size=5)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ValueError, match="BatchNorm1d"):
+        HessianOperator(model, mse, DataLoader(TensorDataset(*data), batch_size=10))
+    # One chunk is the full-batch loss, batch statistics and all.
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(0))
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    whole = autograd_hessian(model, mse, data) @ v
+    for method in METHODS:
+        got = HessianOperator(model, mse, data, chunk_size=23, method=method)(v)
+        tolerance = 1e-12 if method != "finite-difference" else 1e-6
+        assert float(torch.linalg.vector_norm(got - whole)) <= tolerance * float(torch.linalg.vector_norm(whole))
+    for name, b in model.named_buffers():
+        assert torch.equal(b, buffers[name]), name
+    # In eval mode (running statistics) chunking is exact; back in train mode the same operator refuses.
+    model.eval()
+    chunked = HessianOperator(model, mse, data, chunk_size=5)
+    torch.testing.assert_close(chunked(v), dense_hessian(model, mse, data) @ v, rtol=1e-12, atol=1e-13)
+    model.train()
+    with pytest.raises(ValueError, match="batch statistics"):
+        chunked(v)
+
+
+def test_parameter_updates_through_data_are_seen():
+    """`p.data.add_` moves no version counter: the kept graph must still not be reused (warm-tracked
+    sharpness was 9.3e-4 off by step 5 with a reported residual of 5e-9)."""
+    model, loss_fn, data = mlp_problem("tanh", seed=14, n=30, sizes=(4, 8, 3))
+    params = list(model.parameters())
+    op = HessianOperator(model, loss_fn, data)
+    tracker = EigenTracker(tol=TOL)
+    v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    previous = tracker.solve(op).value
+    for _ in range(5):
+        versions = [p._version for p in params]
+        for p, g in zip(params, torch.autograd.grad(loss_fn(model(data[0]), data[1]), params), strict=True):
+            p.data.add_(g, alpha=-0.5)
+        assert [p._version for p in params] == versions  # invisible to version counters
+        result = tracker.solve(op)
+        exact = dense_eigvalsh(model, loss_fn, data)[-1].item()
+        assert abs(exact / previous - 1) > 1e-6  # the point moved
+        assert result.converged and result.value == pytest.approx(exact, rel=1e-9)
+        torch.testing.assert_close(op(v), dense_hessian(model, loss_fn, data) @ v, rtol=1e-12, atol=1e-13)
+        previous = exact
+
+
+def test_buffer_updates_are_seen():
+    """BatchNorm in eval mode differentiates through its running statistics: changing them changes H."""
+    model, data = batchnorm_net(), small_data()
+    model.eval()
+    op = HessianOperator(model, mse, data)
+    v = torch.ones(op.dim, dtype=torch.float64)
+    before = op(v)
+    model[1].running_var.data.mul_(3.0)
+    after = op(v)
+    torch.testing.assert_close(after, dense_hessian(model, mse, data) @ v, rtol=1e-12, atol=1e-13)
+    assert float(torch.linalg.vector_norm(after - before)) > 1e-3 * float(torch.linalg.vector_norm(before))
+
+
+# --- finite differences, power iteration ------------------------------------------------------------
+
+@pytest.mark.parametrize("module", [nn.ReLU(), nn.LeakyReLU(), nn.Hardtanh(), nn.ReLU6(), nn.MaxPool1d(2)],
+                         ids=lambda m: type(m).__name__)
+def test_finite_difference_refuses_non_smooth_modules(module):
+    torch.manual_seed(0)
+    width = 2 if isinstance(module, nn.MaxPool1d) else 4
+    model = nn.Sequential(nn.Linear(3, 4), module, nn.Linear(width, 2)).double()
+    data = small_data()
+    with pytest.raises(ValueError, match=rf"finite-difference.*{type(module).__name__} '1'"):
+        HessianOperator(model, mse, data, method="finite-difference")
+    op = HessianOperator(model, mse, data)  # exact methods are fine
+    v = torch.ones(op.dim, dtype=torch.float64)
+    torch.testing.assert_close(op(v), dense_hessian(model, mse, data) @ v, rtol=1e-12, atol=1e-13)
+    op.method = "finite-difference"
+    with pytest.raises(ValueError, match=type(module).__name__):
+        op(v)
+
+
+def test_power_iteration_says_when_it_returns_the_largest_magnitude():
+    model, loss_fn, data = quadratic_problem([-5.0, 2.0, 1.5, 0.5, -1.0, 0.1])
+    op = HessianOperator(model, loss_fn, data)
+    # Out of HVPs in the first phase: the value is -5, the largest magnitude, and the result says so.
+    stuck = top_eigenvalue(op, method="power", tol=1e-15, max_iter=30)
+    assert not stuck.converged and stuck.note == LARGEST_MAGNITUDE and "largest-magnitude" in repr(stuck)
+    assert stuck.value == pytest.approx(-5.0, rel=1e-9)
+    found = top_eigenvalue(op, method="power", tol=TOL, max_iter=5000)
+    assert found.converged and found.note == "" and found.value == pytest.approx(2.0, rel=1e-8)
+
+
+# --- data forms, loss reduction ---------------------------------------------------------------------
+
+class PairDataset(Dataset):
+    """A map-style Dataset of (x_i, y_i) items that is not a TensorDataset."""
+
+    def __init__(self, inputs, targets):
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def __getitem__(self, i):
+        return self.inputs[i], self.targets[i]
+
+
+def test_data_forms_give_the_full_batch_hessian():
+    model, loss_fn, (x, y) = mlp_problem("tanh", seed=16, n=23)
+    x32, y32 = x.float().numpy(), y.float().numpy()  # numpy float32: cast to the model's float64
+    x, y = torch.from_numpy(x32).double(), torch.from_numpy(y32).double()
+    exact = dense_hessian(model, loss_fn, (x, y))
+    v = torch.randn(exact.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    forms = {
+        "numpy": ((x32, y32), 5),
+        "TensorDataset": (TensorDataset(x, y), 5),
+        "Dataset": (PairDataset(x, y), 5),
+        "Dataset, one chunk": (PairDataset(x, y), None),
+        "DataLoader": (DataLoader(TensorDataset(x, y), batch_size=7), None),  # 7 + 7 + 7 + 2 rows
+        "DataLoader, shuffled": (DataLoader(TensorDataset(x, y), batch_size=7, shuffle=True), None),
+    }
+    rng = torch.get_rng_state()
+    for name, (data, chunk_size) in forms.items():
+        op = HessianOperator(model, loss_fn, data, chunk_size=chunk_size)
+        for method in METHODS:
+            op.method = method
+            got = op(v)
+            assert got.dtype == torch.float64, name
+            tolerance = 1e-12 if method != "finite-difference" else 1e-7
+            assert float(torch.linalg.vector_norm(got - exact @ v)) <= tolerance * float(torch.linalg.vector_norm(v)), \
+                (name, method)
+    assert torch.equal(torch.get_rng_state(), rng)  # the shuffled loader drew from a forked stream
+    with pytest.raises(ValueError, match="DataLoader"):
+        HessianOperator(model, loss_fn, DataLoader(TensorDataset(x, y), batch_size=7), chunk_size=5)
+    with pytest.raises(TypeError, match="DataLoader"):
+        HessianOperator(model, loss_fn, [x, y])
+
+
+def sum_mse(outputs, targets):
+    return 0.5 * ((outputs - targets) ** 2).sum()
+
+
+@pytest.mark.parametrize(("loss_fn", "reduction"), [(mse, "mean"), (sum_mse, "sum")])
+def test_loss_reduction_weights_the_chunks(loss_fn, reduction):
+    model, _, (x, y) = mlp_problem("tanh", seed=17, n=23)
+    exact = dense_hessian(model, loss_fn, (x, y))  # the loss over all rows in one go
+    gradient = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_fn(model(x), y), list(model.parameters()))])
+    v = torch.randn(exact.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for data, chunk_size in [((x, y), 5), ((x, y), None), (DataLoader(TensorDataset(x, y), batch_size=7), None)]:
+        op = HessianOperator(model, loss_fn, data, chunk_size=chunk_size, reduction=reduction)
+        torch.testing.assert_close(op(v), exact @ v, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(op.gradient(), gradient, rtol=1e-12, atol=1e-13)
+    with pytest.raises(ValueError, match="reduction"):
+        HessianOperator(model, loss_fn, (x, y), reduction="none")
+
+
+# --- reprs --------------------------------------------------------------------------------------------
+
+def test_results_have_short_reprs():
+    op = Symmetric([2.0, 2.0, 1.0] + [0.5] * 400)
+    for text in (repr(lanczos(op, k=3, tol=1e-8)), repr(hutchinson(op, n_samples=50))):
+        assert len(text) < 200 and "tensor" not in text and "\n" not in text
+    text = repr(lanczos(op, k=3, tol=1e-8))
+    assert text.startswith("EigenResult(value=2,") and "converged=True" in text and "k=3" in text
+    assert "n_hvp=" in text and "residual=" in text
+    assert repr(hutchinson(op, n_samples=50)).startswith("TraceEstimate(estimate=")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_random_state_untouched():
+    model, data = dropout_net().cuda(), small_data()
+    op = HessianOperator(model, mse, data)
+    v = torch.ones(op.dim, dtype=torch.float64, device="cuda")
+    cpu, cuda = torch.get_rng_state(), torch.cuda.get_rng_state()
+    first = op(v)
+    lanczos(op, k=2, max_iter=20)
+    assert torch.equal(torch.get_rng_state(), cpu) and torch.equal(torch.cuda.get_rng_state(), cuda)
+    torch.testing.assert_close(op(v), first, rtol=1e-12, atol=1e-14)  # one mask: the same product each time

@@ -1,9 +1,14 @@
 """Curvature of any model + loss: Hessian-vector products, top eigenvalues, trace, dense Hessian.
 
     op = HessianOperator(model, loss_fn, (X, Y))      # H of the mean loss over (X, Y), chunked
+    op = HessianOperator(model, loss_fn, loader)      # or a Dataset / DataLoader; reduction="sum" for summed losses
     result = top_eigenvalue(op)                       # sharpness: result.value, .residual, .n_hvp
     result = top_eigenvalue(op, result.vector)        # warm start after the parameters moved
+    top3 = lanczos(op, k=3)                           # repeated eigenvalues as often as they occur
     tracker = EigenTracker(k=1); tracker.solve(op)    # warm starts along a trajectory, done for you
+
+Measuring leaves the run alone: products draw nothing from the global random stream (one fixed dropout
+mask per operator) and never update buffers (BatchNorm running statistics).
 """
 
 from shallownet.curvature.dense import dense_hessian

@@ -1,12 +1,14 @@
 """Largest algebraic eigenvalues of a symmetric operator given only as `hvp(v) -> H v` on flat vectors.
 
-`lanczos` is the default: a thick-restart Lanczos (Rayleigh-Ritz on a Krylov basis with full
-reorthogonalisation), started from a random vector or warm-started from previous eigenvectors.
-`power_iteration` is the simple reference. Both report the relative residual |H v - lam v| / |lam| of
-what they return, computed from products they already paid for: every HVP is counted, none is hidden.
+`lanczos` is the default: a thick-restart block Lanczos (Rayleigh-Ritz on a Krylov basis with full
+reorthogonalisation) from a block of at least k vectors, so that repeated eigenvalues are found as
+often as they occur, started from random vectors or warm-started from previous eigenvectors.
+`power_iteration` is the simple reference (it finds the largest-magnitude eigenvalue first). Both
+report the relative residual |H v - lam v| / |lam| of what they return, computed from products they
+already paid for: every HVP is counted, none is hidden.
 
-A start vector is drawn only when none is given; that needs `hvp.dim`, `hvp.dtype` and `hvp.device`
-(HessianOperator has them).
+Start vectors are drawn only where v0 gives too few; without v0 that needs `hvp.dim`, `hvp.dtype` and
+`hvp.device` (HessianOperator has them); with v0 any callable v -> A v will do.
 """
 
 from __future__ import annotations
@@ -20,16 +22,31 @@ Hvp = Callable[[torch.Tensor], torch.Tensor]
 
 _TINY = 1e-300  # keeps relative residuals finite when an eigenvalue is exactly 0
 
+LARGEST_MAGNITUDE = ("largest-magnitude eigenvalue (negative), not the largest algebraic one: max_iter ran out "
+                     "before power iteration's shifted phase")
+NOT_CONVERGED = ("not converged: a Rayleigh quotient on the way to the largest-magnitude eigenvalue (no limit "
+                 "when +-lam are both eigenvalues)")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class EigenResult:
-    """Eigenpairs, largest algebraic first, with their relative residuals and the HVPs spent."""
+    """Eigenpairs, largest algebraic first, with their relative residuals and the HVPs spent.
+
+    `note` says when `values` are not what the solver was asked for, e.g. power iteration's
+    largest-magnitude (negative) eigenvalue; empty otherwise.
+    """
 
     values: torch.Tensor  # (k,)
     vectors: torch.Tensor  # (k, dim), unit norm
     residuals: torch.Tensor  # (k,) |H v - lam v| / |lam|
     n_hvp: int
     converged: bool  # every residual <= tol
+    note: str = ""
+
+    def __repr__(self) -> str:
+        note = f", note={self.note!r}" if self.note else ""
+        return (f"EigenResult(value={self.value:.6g}, residual={self.residual:.2e}, n_hvp={self.n_hvp}, "
+                f"converged={self.converged}, k={len(self.values)}{note})")
 
     @property
     def value(self) -> float:
@@ -46,7 +63,11 @@ class EigenResult:
 
 def top_eigenvalue(hvp: Hvp, v0: torch.Tensor | None = None, *, method: str = "lanczos", tol: float = 1e-6,
                    max_iter: int = 1000, seed: int = 0) -> EigenResult:
-    """The largest algebraic eigenvalue by `method` ("lanczos" or "power"), warm-started from v0."""
+    """The largest algebraic eigenvalue by `method` ("lanczos" or "power"), warm-started from v0.
+
+    "power" can return the largest-magnitude eigenvalue, negative, when max_iter runs out before its
+    second phase (see power_iteration): converged is then False and `note` says so.
+    """
     if method == "lanczos":
         return lanczos(hvp, v0, k=1, tol=tol, max_iter=max_iter, seed=seed)
     if method == "power":
@@ -58,58 +79,103 @@ def top_eigenvalue(hvp: Hvp, v0: torch.Tensor | None = None, *, method: str = "l
 
 def lanczos(hvp: Hvp, v0: torch.Tensor | None = None, *, k: int = 1, tol: float = 1e-6, max_iter: int = 1000,
             max_basis: int | None = None, seed: int = 0) -> EigenResult:
-    """The k largest algebraic eigenpairs, stopping when every relative residual is <= tol.
+    """The k largest algebraic eigenpairs, repeated eigenvalues as often as they occur, stopping when every
+    relative residual is <= tol.
 
-    v0 is a start vector (dim,) or a block of them (b, dim), e.g. the previous result's `vectors`;
-    each row costs one HVP, then the basis grows by the residual of the first unconverged Ritz pair,
-    which for one start vector is exactly the Lanczos (Krylov) sequence. When the basis reaches
-    max_basis vectors (default max(30, 3k)), it restarts from its best max_basis // 2 Ritz vectors.
-    Memory: 2 max_basis vectors of length dim (the basis and its products, so that residuals are
-    exact rather than estimated). max_iter bounds the HVPs.
+    Block Lanczos: the start block holds v0's rows (one vector (dim,) or a block (b, dim), e.g. the
+    previous result's `vectors`), then seeded Gaussian rows up to k independent ones; each row costs one
+    HVP. The Krylov space of a single start vector meets each eigenspace in one direction, so it holds an
+    eigenvalue of multiplicity m once and its next Ritz values are lower eigenvalues, with exact, tiny
+    residuals; a block of k vectors meets it in min(k, m) directions. Each step adds the residual
+    H y - theta y of every unconverged top-k Ritz pair (for one start vector this is exactly the Lanczos
+    sequence; with none converged, the block Krylov space). When the basis is full (max_basis vectors,
+    default max(30, 6k, b + 2k)), it restarts from its best max(k + 1, max_basis // 2) Ritz vectors.
+    Memory: 2 max_basis vectors of length dim (the basis and its products, so that residuals are exact
+    rather than estimated). max_iter bounds the HVPs (the start block is always paid for).
+    A plain callable works as hvp when v0 is given; without v0, hvp needs dim, dtype and device.
     """
-    max_basis = max_basis or max(30, 3 * k)
-    pending = list(_start_block(hvp, v0, seed))
-    dim, dtype, device = pending[0].numel(), pending[0].dtype, pending[0].device
+    start = _start_block(hvp, v0, k, seed)
+    dim = start.shape[1]
     if not 1 <= k <= dim:
         raise ValueError(f"k must be between 1 and dim = {dim}, got {k}")
-    if max_basis < k + 2 or len(pending) >= max_basis:
-        raise ValueError(f"max_basis ({max_basis}) must be at least k + 2 and exceed the start block ({len(pending)})")
-    basis = torch.empty(max_basis, dim, dtype=dtype, device=device)
-    products = torch.empty_like(basis)
-    projected = torch.zeros(max_basis, max_basis, dtype=torch.float64)  # basis^T H basis, on the CPU
-    size, n_hvp, fresh = 0, 0, 0
-    while True:
-        q = _orthonormalise(pending.pop(0), basis[:size])
-        if q is None and size < dim:  # in the span already: continue with a fresh random direction
-            if not pending:
-                fresh += 1
-                pending.append(_random_like(basis[0], seed + fresh))
-            if fresh <= max_iter:
-                continue
+    max_basis = max_basis or max(30, 6 * k, len(start) + 2 * k)
+    if max_basis < k + 2 or len(start) >= max_basis:
+        raise ValueError(f"max_basis ({max_basis}) must be at least k + 2 and exceed the start block ({len(start)})")
+    basis = _Basis(hvp, max_basis, start[0])
+    for row in start:  # rows in the span of earlier ones (duplicates, more rows than dim) are dropped
+        basis.add(row)
+    fresh = _Fresh(start[0], seed, max_iter)
+    while basis.finite and basis.size < k:  # a rank-deficient block: at least k directions
+        basis.add(fresh.next())
+    while basis.finite:
+        values, vectors, residuals, residual_vectors = basis.ritz(k)
+        unconverged = (~(residuals <= tol)).nonzero().flatten()
+        done = len(unconverged) == 0
+        if done or basis.n_hvp >= max_iter or basis.size >= dim:
+            return EigenResult(values, vectors, residuals, basis.n_hvp, done)
+        # Ritz residuals extend the Krylov space exactly as the next (block) Lanczos vectors would.
+        directions = residual_vectors[unconverged[: max_iter - basis.n_hvp]]
+        keep = max(k + 1, max_basis // 2)
+        if basis.size + len(directions) > max_basis and basis.size > keep:
+            basis.restart(keep)  # the residuals stay orthogonal to the kept Ritz vectors
+        added = [basis.add(d) for d in directions[: max_basis - basis.size]]
+        if not any(added) and basis.finite:  # all inside the span, numerically: a fresh direction
+            basis.add(fresh.next())
+    nan = torch.full((k,), float("nan"), dtype=start.dtype, device=start.device)
+    return EigenResult(nan, torch.full((k, dim), float("nan"), dtype=start.dtype, device=start.device), nan,
+                       basis.n_hvp, False)  # a non-finite Hessian has no eigenvalues to report
+
+
+class _Basis:
+    """An orthonormal basis V, its products H V and the projection V^T H V (float64, on the CPU)."""
+
+    def __init__(self, hvp: Hvp, capacity: int, like: torch.Tensor):
+        self.hvp = hvp
+        self.vectors = torch.empty(capacity, like.numel(), dtype=like.dtype, device=like.device)
+        self.products = torch.empty_like(self.vectors)
+        self.projected = torch.zeros(capacity, capacity, dtype=torch.float64)
+        self.size, self.n_hvp, self.finite = 0, 0, True
+
+    def add(self, direction: torch.Tensor) -> bool:
+        """Append direction, orthonormalised, with its product (one HVP); False if it is in the span."""
+        q = _orthonormalise(direction, self.vectors[: self.size])
+        if q is None:
+            return False
+        size = self.size
+        self.vectors[size], self.products[size] = q, self.hvp(q)
+        self.n_hvp += 1
+        column = (self.vectors[: size + 1] @ self.products[size]).double().cpu()
+        self.finite = self.finite and bool(torch.isfinite(column).all())
+        self.projected[size, : size + 1] = column
+        self.projected[: size + 1, size] = column
+        self.size += 1
+        return True
+
+    def ritz(self, k: int):
+        return _ritz(self.vectors[: self.size], self.products[: self.size], self.projected[: self.size, : self.size], k)
+
+    def restart(self, keep: int) -> None:
+        """Replace the basis by its `keep` best Ritz vectors (and their products)."""
+        theta, s = torch.linalg.eigh(self.projected[: self.size, : self.size])
+        c = s[:, torch.argsort(theta, descending=True)[:keep]].to(self.vectors)
+        self.vectors[:keep], self.products[:keep] = c.T @ self.vectors[: self.size], c.T @ self.products[: self.size]
+        restarted = (self.vectors[:keep] @ self.products[:keep].T).double().cpu()
+        self.projected.zero_()
+        self.projected[:keep, :keep] = (restarted + restarted.T) / 2
+        self.size = keep
+
+
+class _Fresh:
+    """Seeded random directions for when the basis needs one that no product supplied; at most `limit`."""
+
+    def __init__(self, like: torch.Tensor, seed: int, limit: int):
+        self.like, self.seed, self.count, self.limit = like, seed, 0, limit
+
+    def next(self) -> torch.Tensor:
+        self.count += 1
+        if self.count > self.limit:
             raise RuntimeError("lanczos: no direction outside the basis found; is hvp symmetric and finite?")
-        if q is not None:  # (None here: the basis spans the whole space, e.g. a start block larger than dim)
-            basis[size], products[size] = q, hvp(q)
-            n_hvp += 1
-            column = (basis[: size + 1] @ products[size]).double().cpu()
-            if not bool(torch.isfinite(column).all()):  # a non-finite Hessian has no eigenvalues to report
-                nan = torch.full((k,), float("nan"), dtype=dtype, device=device)
-                vectors = torch.full((k, dim), float("nan"), dtype=dtype, device=device)
-                return EigenResult(nan, vectors, nan, n_hvp, False)
-            projected[size, : size + 1] = column
-            projected[: size + 1, size] = column
-            size += 1
-        if pending:  # the rest of the start block first
-            continue
-        values, vectors, residuals, residual_vectors = _ritz(basis[:size], products[:size],
-                                                             projected[:size, :size], k)
-        unconverged = (~(residuals <= tol)).nonzero()
-        done = size >= k and len(unconverged) == 0
-        if done or n_hvp >= max_iter or size >= dim:
-            return EigenResult(values, vectors, residuals, n_hvp, done)
-        # The residual of a Ritz pair extends the Krylov space exactly as the next Lanczos vector would.
-        pending.append(residual_vectors[int(unconverged[0]) if len(unconverged) else 0])
-        if size == max_basis:
-            size = _thick_restart(basis, products, projected, size, keep=max(k + 1, max_basis // 2))
+        return _random_like(self.like, self.seed + self.count)
 
 
 def _ritz(basis, products, projected, k):
@@ -123,17 +189,6 @@ def _ritz(basis, products, projected, k):
     residual_vectors = images - values[:, None] * vectors
     residuals = torch.linalg.vector_norm(residual_vectors, dim=1) / values.abs().clamp_min(_TINY)
     return values, vectors, residuals, residual_vectors
-
-
-def _thick_restart(basis, products, projected, size, keep):
-    """Replace the basis by its `keep` best Ritz vectors (and their products); returns the new size."""
-    theta, s = torch.linalg.eigh(projected[:size, :size])
-    c = s[:, torch.argsort(theta, descending=True)[:keep]].to(dtype=basis.dtype, device=basis.device)
-    basis[:keep], products[:keep] = c.T @ basis[:size], c.T @ products[:size]
-    restarted = (basis[:keep] @ products[:keep].T).double().cpu()
-    projected.zero_()
-    projected[:keep, :keep] = (restarted + restarted.T) / 2
-    return keep
 
 
 def _orthonormalise(direction, basis):
@@ -165,22 +220,27 @@ def power_iteration(hvp: Hvp, v0: torch.Tensor | None = None, *, tol: float = 1e
 
     Power iteration finds the eigenvalue of largest magnitude. If that one is negative, it iterates
     again on H - lam_neg I, whose dominant eigenvalue is lam_max - lam_neg >= 0, from the start vector
-    with the negative eigenvector projected out. Converges like (lam_2 / lam_1)^t: slow for small gaps.
-    max_iter bounds the HVPs of both phases together.
+    with the negative eigenvector projected out. Converges like (lam_2 / lam_1)^t: slow for small gaps,
+    never when -lam_max is an eigenvalue too (a symmetric saddle). max_iter bounds the HVPs of both
+    phases together. When it runs out in the first phase on a negative value, the result is the
+    largest-magnitude eigenvalue (estimate), not the largest algebraic one: converged is False and
+    `note` says so; any other unconverged result has a note as well.
     """
-    start = _start_block(hvp, v0, seed)[0]
+    start = _start_block(hvp, v0, 1, seed)[0]
     value, vector, residual, n_hvp, converged = _power_loop(hvp, start, 0.0, tol, max_iter)
+    note = "" if converged else NOT_CONVERGED
     if value < 0:
         # Largest magnitude is negative: the answer is another eigenvalue, unknown until found.
-        converged = False
+        converged, note = False, LARGEST_MAGNITUDE
         if n_hvp < max_iter:
             restart = start - (vector @ start) * vector
             if float(torch.linalg.vector_norm(restart)) <= 1e-8 * float(torch.linalg.vector_norm(start)):
                 restart = _random_like(start, seed + 1)
             value, vector, residual, extra, converged = _power_loop(hvp, restart, value, tol, max_iter - n_hvp)
             n_hvp += extra
+            note = "" if converged else NOT_CONVERGED
     as_tensor = lambda x: torch.tensor([x], dtype=start.dtype, device=start.device)  # noqa: E731
-    return EigenResult(as_tensor(value), vector[None], as_tensor(residual), n_hvp, converged)
+    return EigenResult(as_tensor(value), vector[None], as_tensor(residual), n_hvp, converged, note)
 
 
 def _power_loop(hvp, vector, shift, tol, max_iter):
@@ -204,16 +264,20 @@ def _power_loop(hvp, vector, shift, tol, max_iter):
 
 # --- start vectors ------------------------------------------------------------------------------------
 
-def _start_block(hvp, v0, seed):
-    """Start vectors as a list of rows: v0 (one vector or a block), else one seeded Gaussian vector."""
+def _start_block(hvp, v0, k, seed) -> torch.Tensor:
+    """Start rows (b, dim): v0's rows (one vector or a block), then seeded Gaussian rows up to k in all."""
     if v0 is not None:
-        block = v0.detach().reshape(-1, v0.shape[-1])
-        return [row.clone() for row in block]
-    missing = [name for name in ("dim", "dtype", "device") if not hasattr(hvp, name)]
-    if missing:
-        raise ValueError(f"pass a start vector v0, or an hvp with attributes dim, dtype, device (lacks {missing})")
+        block = v0.detach().reshape(-1, v0.shape[-1]).clone()
+    else:
+        missing = [name for name in ("dim", "dtype", "device") if not hasattr(hvp, name)]
+        if missing:
+            raise ValueError(f"pass a start vector v0, or an hvp with attributes dim, dtype, device (lacks {missing})")
+        block = torch.empty(0, hvp.dim, dtype=hvp.dtype, device=hvp.device)
+    if len(block) >= k:
+        return block
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(hvp.dim, generator=generator, dtype=torch.float64).to(hvp.dtype).to(hvp.device)]
+    gaussian = torch.randn(k - len(block), block.shape[1], generator=generator, dtype=torch.float64)
+    return torch.cat([block, gaussian.to(block)])
 
 
 def _random_like(vector, seed):

@@ -10,12 +10,15 @@ import torch
 from shallownet.curvature.eigen import Hvp
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class TraceEstimate:
     estimate: float  # mean of v^T H v over Rademacher v: unbiased for tr H
     stderr: float  # sample standard deviation / sqrt(n_samples)
     n_hvp: int
     samples: torch.Tensor  # the individual v^T H v, float64 on the CPU
+
+    def __repr__(self) -> str:
+        return f"TraceEstimate(estimate={self.estimate:.6g}, stderr={self.stderr:.2g}, n_hvp={self.n_hvp})"
 
 
 def hutchinson(hvp: Hvp, n_samples: int = 100, *, seed: int = 0) -> TraceEstimate:

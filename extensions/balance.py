@@ -1,0 +1,334 @@
+"""Per-unit balance of positively homogeneous networks (theory.md 8.4) and a Lightning monitor for it.
+
+For a hidden unit j (a neuron of a Linear layer, or an output channel of a convolution) with incoming
+weights and bias w_j and outgoing weights v_j,
+
+    C_j = |w_j|^2 - |v_j|^2
+
+is conserved by gradient flow when everything between the two layers is positively homogeneous, and one
+GD step of size eta changes it by exactly eta^2 (|dL/dw_j|^2 - |dL/dv_j|^2). Summed over a layer's units
+it is the layer-norm balance |W_l|^2 + |b_l|^2 - |W_(l+1)|^2.
+
+Supported architectures: an nn.Sequential (nested nn.Sequentials are read as one flat sequence, names
+are module paths such as "fc1" or "features.0") of
+
+    weight layers   nn.Linear, nn.Conv1d/2d/3d (groups = 1)
+    between them    nn.ReLU, nn.LeakyReLU, nn.PReLU, max- and average-pools (also adaptive),
+                    nn.Identity, nn.Dropout, nn.Flatten (start_dim 1, end_dim -1)   -> the identity holds
+                    tanh, sigmoid, GELU, SiLU, ELU, ... and BatchNorm/LayerNorm/GroupNorm
+                                                                                   -> measured only
+
+The units of weight layer l are paired with weight layer l+1: a Linear or conv after a Linear, a conv
+after a conv, or a Linear after a conv with an nn.Flatten between them (then unit j owns the block of
+columns j*s .. (j+1)*s - 1 of the Linear, s = in_features / channels: Flatten is channel-major). The last
+weight layer's outputs are the network's outputs, not units. Anything else (a module with children that
+is not an nn.Sequential, e.g. a residual block; a Linear right after a conv; a grouped or transposed
+conv; an unknown module with parameters) is refused with a ValueError naming the module.
+
+Where the identity does not hold (applies() says why): non-homogeneous activations (C_j drifts already
+under gradient flow), normalisation layers (BatchNorm makes the incoming weights scale invariant, so
+|w_j|^2 grows by eta^2 |dL/dw_j|^2 per step; w_j is still the conv's own weights and bias, BatchNorm's
+affine parameters belong to no unit). Their C_j are measured, never compared with the prediction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import nn
+
+from shallownet.callbacks.logging import log_values
+from shallownet.callbacks.tensorboard import find_writer, log_step
+
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
+               nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+               nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Identity, nn.Dropout,
+               nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Flatten)
+NOT_HOMOGENEOUS = (nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.CELU, nn.SELU, nn.Softplus, nn.Mish,
+                   nn.Hardtanh, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Softsign, nn.Tanhshrink,
+                   nn.LogSigmoid, nn.Softmax, nn.LogSoftmax)
+NORMALISATIONS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+                  nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm)
+
+
+# --- the unit structure ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Units:
+    """The hidden units produced by weight layer `name`: `incoming` makes them, `outgoing` reads them."""
+
+    name: str
+    incoming: nn.Module
+    outgoing: nn.Module
+    block: int  # columns of `outgoing` per unit: 1, or H*W*... when a Flatten after a conv lies between
+    between: tuple[tuple[str, nn.Module], ...]
+
+    @property
+    def size(self) -> int:
+        return self.incoming.weight.shape[0]
+
+
+def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"balance: the model must be an nn.Sequential, got {type(model).__name__}")
+    found: list[tuple[str, nn.Module]] = []
+
+    def walk(module: nn.Sequential, prefix: str) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}{name}"
+            if isinstance(child, nn.Sequential):
+                walk(child, f"{path}.")
+            elif any(True for _ in child.children()):
+                raise ValueError(f"balance: module '{path}' ({type(child).__name__}) has submodules and is not an "
+                                 "nn.Sequential; only flat chains of layers are supported")
+            else:
+                found.append((path, child))
+
+    walk(model, "")
+    return found
+
+
+def _check_conv(name: str, conv: nn.Module) -> None:
+    if conv.groups != 1:
+        raise ValueError(f"balance: convolution '{name}' has groups={conv.groups}; only groups=1 is supported")
+
+
+def hidden_units(model: nn.Module) -> list[Units]:
+    """The hidden units of every weight layer but the last, in order (raises ValueError where unsupported)."""
+    layers = _leaves(model)
+    weights: list[int] = []
+    for i, (name, module) in enumerate(layers):
+        if isinstance(module, WEIGHT_LAYERS):
+            if isinstance(module, nn.modules.conv._ConvNd):
+                _check_conv(name, module)
+            weights.append(i)
+        elif isinstance(module, nn.Flatten):
+            if module.start_dim != 1 or module.end_dim != -1:
+                raise ValueError(f"balance: Flatten '{name}' must flatten dims 1..-1, got "
+                                 f"{module.start_dim}..{module.end_dim}")
+        elif not isinstance(module, HOMOGENEOUS + NOT_HOMOGENEOUS + NORMALISATIONS):
+            if any(True for _ in module.parameters(recurse=False)):
+                raise ValueError(f"balance: module '{name}' ({type(module).__name__}) has parameters and is not a "
+                                 "Linear or a convolution; it belongs to no supported unit structure")
+            raise ValueError(f"balance: module '{name}' ({type(module).__name__}) is not supported; between weight "
+                             "layers allowed are activations, pools, Dropout, Flatten and normalisations")
+    units = []
+    for first, second in zip(weights[:-1], weights[1:], strict=True):
+        (name, incoming), (next_name, outgoing) = layers[first], layers[second]
+        between = tuple(layers[first + 1:second])
+        flattened = any(isinstance(m, nn.Flatten) for _, m in between)
+        out = incoming.weight.shape[0]
+        fan_in = outgoing.weight.shape[1]
+        conv_in, conv_out = not isinstance(incoming, nn.Linear), not isinstance(outgoing, nn.Linear)
+        if conv_out and (not conv_in or flattened):
+            raise ValueError(f"balance: '{next_name}' ({type(outgoing).__name__}) after '{name}' "
+                             f"({type(incoming).__name__}){' and a Flatten' if flattened else ''} is not supported")
+        if conv_in and not conv_out and not flattened:
+            raise ValueError(f"balance: Linear '{next_name}' after convolution '{name}' needs an nn.Flatten "
+                             "between them")
+        if fan_in % out:
+            raise ValueError(f"balance: '{next_name}' takes {fan_in} inputs, not a multiple of the {out} units "
+                             f"of '{name}'")
+        if not (conv_in and flattened) and fan_in != out:
+            raise ValueError(f"balance: '{next_name}' takes {fan_in} inputs but '{name}' has {out} outputs")
+        units.append(Units(name, incoming, outgoing, fan_in // out, between))
+    return units
+
+
+def applies(model: nn.Module) -> tuple[bool, str]:
+    """(True, "") when the per-unit identity of theory.md 8.4 holds for this net, else (False, why)."""
+    try:
+        units = hidden_units(model)
+    except ValueError as err:
+        return False, str(err)
+    if not units:
+        return False, "no hidden units: the net has fewer than two Linear/conv layers"
+    for unit in units:
+        for name, module in unit.between:
+            kind = type(module).__name__
+            if isinstance(module, NORMALISATIONS):
+                return False, (f"'{name}' ({kind}) normalises the units of '{unit.name}': their incoming weights are "
+                               "scale invariant, |w_j|^2 grows by eta^2 |dL/dw_j|^2 per step")
+            if isinstance(module, NOT_HOMOGENEOUS):
+                return False, f"'{name}' ({kind}) is not positively homogeneous: C_j drifts already under gradient flow"
+    return True, ""
+
+
+# --- per-unit squared norms --------------------------------------------------------------------------
+
+def _tensor(module: nn.Module, attr: str, grad: bool) -> torch.Tensor | None:
+    param = getattr(module, attr, None)
+    if param is None:
+        return None
+    if not grad:
+        return param.detach()
+    if param.grad is None:
+        raise ValueError(f"balance: {type(module).__name__}.{attr} has no gradient; call backward() first")
+    return param.grad.detach()
+
+
+def _incoming_sq(unit: Units, grad: bool = False) -> torch.Tensor:
+    weight = _tensor(unit.incoming, "weight", grad)
+    total = weight.reshape(weight.shape[0], -1).square().sum(dim=1)
+    bias = _tensor(unit.incoming, "bias", grad)
+    return total if bias is None else total + bias.square()
+
+
+def _outgoing_sq(unit: Units, grad: bool = False) -> torch.Tensor:
+    weight = _tensor(unit.outgoing, "weight", grad)
+    per_input = weight.square().sum(dim=0)  # Linear: [in]; conv: [in, *kernel]
+    if isinstance(unit.outgoing, nn.Linear):
+        return per_input.reshape(unit.size, unit.block).sum(dim=1)
+    return per_input.reshape(per_input.shape[0], -1).sum(dim=1)
+
+
+@torch.no_grad()
+def unit_balance(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{layer name: C_j of its units} with C_j = |w_j|^2 - |v_j|^2 (w_j with the bias), in the model's dtype."""
+    return {u.name: _incoming_sq(u) - _outgoing_sq(u) for u in hidden_units(model)}
+
+
+@torch.no_grad()
+def balance_step(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{layer name: |dL/dw_j|^2 - |dL/dv_j|^2} from the current .grad: one GD step adds eta^2 times it."""
+    return {u.name: _incoming_sq(u, grad=True) - _outgoing_sq(u, grad=True) for u in hidden_units(model)}
+
+
+@torch.no_grad()
+def predict_balance(model: nn.Module, eta: float) -> dict[str, torch.Tensor]:
+    """C_j after one GD step of size eta from the current parameters and .grad (theory.md 8.4):
+    C_j + eta^2 (|dL/dw_j|^2 - |dL/dv_j|^2). Exact only where applies(model) holds."""
+    now, change = unit_balance(model), balance_step(model)
+    return {name: now[name] + eta**2 * change[name] for name in now}
+
+
+def mean_abs(balance: dict[str, torch.Tensor]) -> dict[str, float]:
+    """{layer: mean_j |C_j|}."""
+    return {name: float(c.abs().mean()) for name, c in balance.items()}
+
+
+def layer_sums(balance: dict[str, torch.Tensor]) -> dict[str, float]:
+    """{layer: sum_j C_j} = |W_l|^2 + |b_l|^2 - |W_(l+1)|^2 (the next layer's bias is in no unit)."""
+    return {name: float(c.sum()) for name, c in balance.items()}
+
+
+# --- the Lightning monitor ---------------------------------------------------------------------------
+
+APPLIES = "balance/applies"
+MEAN_ABS = "balance/mean_abs_{}"
+MEAN_ABS_RATIO = "balance/mean_abs_ratio_{}"
+SUM = "balance/sum_{}"
+PRED_ERROR = "balance/pred_error_{}"
+PER_UNIT = "balance/per_unit_{}"
+
+
+class BalanceMonitor(L.Callback):
+    """Logs the per-unit balance C_j of `pl_module.<attr>` (default `model`) every `every_n_steps` steps.
+
+    At step 0, at every multiple of every_n_steps and at the end of training, on the x-axis of
+    shallownet.callbacks.tensorboard.log_step (trainer.global_step for GD; GF modules align it):
+
+        balance/applies                1 if the identity of theory.md 8.4 holds for this net, else 0
+        balance/mean_abs_<layer>       mean_j |C_j| over the units of weight layer <layer>
+        balance/mean_abs_ratio_<layer> that, over its first logged value (skipped when that is 0)
+        balance/sum_<layer>            sum_j C_j = |W_l|^2 + |b_l|^2 - |W_(l+1)|^2
+        balance/pred_error_<layer>     only where the identity holds, at steps >= 1: max_j |predicted -
+                                       measured C_j| for the step that ended here, the prediction taken
+                                       in on_before_optimizer_step from .grad and lr = param_groups[0]["lr"]
+                                       (for gradient flow lr = 0: the drift of C_j over one integrator step)
+        balance/per_unit_<layer>       histogram of the C_j (only with a TensorBoard logger; finite values)
+
+    Scalars go through shallownet.callbacks.logging.log_values (every logger, and trainer.callback_metrics).
+    The prediction assumes one optimizer step per training batch (full-batch GD, or one integrator step).
+    State (the first logged mean |C_j| of each layer and the last logged step) is kept in state_dict.
+    """
+
+    def __init__(self, every_n_steps: int = 1, histograms: bool = True, attr: str = "model"):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps, self.histograms, self.attr = every_n_steps, histograms, attr
+        self.initial_mean_abs: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self._logged_step: int | None = None
+        self._applies: tuple[bool, str] | None = None
+        self._before: dict[str, torch.Tensor] | None = None  # C_j at the start of the current step
+        self._prediction: dict[str, torch.Tensor] | None = None  # and after it, as the identity predicts
+
+    def net(self, pl_module: L.LightningModule) -> nn.Module:
+        return getattr(pl_module, self.attr)
+
+    # --- hooks ------------------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        net = self.net(pl_module)
+        hidden_units(net)  # refuse an unsupported architecture before the first step
+        self._applies = applies(net)
+        self._log_if_due(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self._prediction = None
+        self._before = unit_balance(self.net(pl_module)) if self._holds() else None
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        # An ODE integrator calls the closure (and so this hook) at several stages: the first call counts.
+        if self._before is None or self._prediction is not None:
+            return
+        lr = float(optimizer.param_groups[0].get("lr", 0.0))
+        change = balance_step(self.net(pl_module)) if lr else None
+        self._prediction = {name: c if change is None else c + lr**2 * change[name] for name, c in self._before.items()}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        self._log_if_due(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = log_step(trainer, pl_module)
+        if step != self._logged_step:
+            self._log(trainer, pl_module, step)
+
+    def state_dict(self) -> dict:
+        return {"every_n_steps": self.every_n_steps, "initial_mean_abs": dict(self.initial_mean_abs),
+                "last": dict(self.last), "logged_step": self._logged_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.initial_mean_abs = dict(state_dict.get("initial_mean_abs", {}))
+        self.last = dict(state_dict.get("last", {}))
+        self._logged_step = state_dict.get("logged_step")  # a resumed run does not log that step twice
+
+    # --- logging ----------------------------------------------------------------------------------------
+
+    def _holds(self) -> bool:
+        return self._applies is not None and self._applies[0]
+
+    def _log_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = log_step(trainer, pl_module)
+        if step % self.every_n_steps == 0 and step != self._logged_step:
+            self._log(trainer, pl_module, step)
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        if self._applies is None:
+            self._applies = applies(self.net(pl_module))
+        balance = unit_balance(self.net(pl_module))
+        values = {APPLIES: 1.0 if self._holds() else 0.0}
+        for name, value in mean_abs(balance).items():
+            values[MEAN_ABS.format(name)] = value
+            first = self.initial_mean_abs.setdefault(name, value)
+            if first != 0 and math.isfinite(first):
+                values[MEAN_ABS_RATIO.format(name)] = value / first
+        values.update({SUM.format(name): value for name, value in layer_sums(balance).items()})
+        if self._holds() and self._prediction is not None and step > 0:
+            for name, measured in balance.items():
+                values[PRED_ERROR.format(name)] = float((self._prediction[name] - measured).abs().max())
+        self._prediction = None
+        log_values(trainer, values, step=step)
+        writer = find_writer(trainer) if self.histograms else None
+        if writer is not None:
+            for name, c in balance.items():
+                if c.numel() and bool(torch.isfinite(c).all()):
+                    writer.add_histogram(PER_UNIT.format(name), c.detach().cpu().double(), step)
+        self.last = {**values, "step": float(step)}
+        self._logged_step = step

@@ -1,0 +1,231 @@
+"""Real networks by name (`model.kind`): a fully connected net, a small CNN and a small VGG.
+
+Importing this module registers the model kinds `mlp`, `cnn`, `vgg` and (through extensions.real_data)
+the data kinds `digits`, `cifar10`. Every model is a flat nn.Sequential with named layers (fc1, act1,
+conv1, pool1, conv2_1, bn2_1, ..., out), so extensions.balance finds its hidden units and its tags
+read `balance/mean_abs_fc1` and so on. Data come as images [N, C, H, W]; the MLP flattens them itself
+(its first layer is nn.Flatten), the conv nets take them as they are.
+
+All of them: PyTorch's default initialisation drawn from `model.seed` inside torch.random.fork_rng (the
+global RNG is left as it was), created in the data's dtype, loss half_sum_mse by default (Cohen et al.'s
+1/2 sum over classes / N), converged when the loss is below train.tol. The number of outputs is
+`model.num_outputs`, or (null) the number of classes in the labels (largest label + 1).
+"""
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, List, Optional  # noqa: UP035  (omegaconf reads typing.List)
+
+import torch
+from torch import nn
+
+from extensions import real_data  # noqa: F401  (registers the data kinds digits and cifar10)
+from extensions.mlp import ACTIVATIONS, mlp
+from shallownet.config import ConfigError
+from shallownet.registry import FullBatchData, register_model
+
+LOSS = "half_sum_mse"
+DEFAULT_DATA = "digits"
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+def _require(condition: bool, key: str, allowed: str, value: Any) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
+
+
+def _section(cfg: Any) -> Any:
+    """The `model:` section, whether the whole run config or the section itself is passed."""
+    return getattr(cfg, "model", cfg)
+
+
+def _check_common(section: Any) -> None:
+    if hasattr(section, "activation"):
+        _require(section.activation in ACTIVATIONS, "model.activation", f"one of {', '.join(ACTIVATIONS)}",
+                 section.activation)
+    _require(section.num_outputs is None or section.num_outputs >= 1, "model.num_outputs",
+             "null or an integer >= 1", section.num_outputs)
+
+
+def _positive_list(values: Any, key: str) -> list[int]:
+    values = list(values)
+    _require(len(values) >= 1 and all(int(v) >= 1 for v in values), key, "a non-empty list of integers >= 1",
+             values)
+    return [int(v) for v in values]
+
+
+# --- schemas (omegaconf structured configs: no `from __future__ import annotations` in this module) ---
+
+@dataclass
+class MLPConfig:
+    widths: List[int] = field(default_factory=lambda: [200, 200])  # noqa: UP006  hidden widths
+    activation: str = "relu"  # relu | leaky_relu | tanh
+    seed: int = 0
+    num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
+
+    @staticmethod
+    def validate(cfg: Any) -> None:
+        """Range checks of the `model:` section (the whole run config or the section)."""
+        m = _section(cfg)
+        _positive_list(m.widths, "model.widths")
+        _check_common(m)
+
+
+@dataclass
+class CNNConfig:
+    channels: List[int] = field(default_factory=lambda: [32, 32])  # noqa: UP006  one conv + pool each
+    kernel_size: int = 3  # odd; 'same' padding
+    activation: str = "relu"  # relu | leaky_relu | tanh
+    seed: int = 0
+    num_outputs: Optional[int] = None  # noqa: UP045
+
+    @staticmethod
+    def validate(cfg: Any) -> None:
+        m = _section(cfg)
+        _positive_list(m.channels, "model.channels")
+        _require(m.kernel_size >= 1 and m.kernel_size % 2 == 1, "model.kernel_size", "an odd integer >= 1",
+                 m.kernel_size)
+        _check_common(m)
+
+
+@dataclass
+class VGGConfig:
+    channels: List[int] = field(default_factory=lambda: [32, 64, 128])  # noqa: UP006  one stage each
+    convs_per_stage: int = 2  # 3x3 convolutions (+ BatchNorm) + ReLU per stage, then a 2x2 max-pool
+    hidden: int = 128  # width of the fully connected layer before the output (0: none)
+    batch_norm: bool = False
+    seed: int = 0
+    num_outputs: Optional[int] = None  # noqa: UP045
+
+    @staticmethod
+    def validate(cfg: Any) -> None:
+        m = _section(cfg)
+        _positive_list(m.channels, "model.channels")
+        _require(m.convs_per_stage >= 1, "model.convs_per_stage", "an integer >= 1", m.convs_per_stage)
+        _require(m.hidden >= 0, "model.hidden", "an integer >= 0 (0: no hidden fully connected layer)", m.hidden)
+        _check_common(m)
+
+
+# --- from the data -----------------------------------------------------------------------------------
+
+def num_outputs(section: Any, data: FullBatchData) -> int:
+    """model.num_outputs, or the number of classes in the labels (float targets [N, k]: k)."""
+    if section.num_outputs is not None:
+        return int(section.num_outputs)
+    y = torch.as_tensor(data.y)
+    if y.is_floating_point():
+        return int(y.shape[-1]) if y.ndim == 2 else 1
+    labels = [y] + ([torch.as_tensor(data.y_test)] if data.y_test is not None else [])
+    return int(max(int(t.max()) for t in labels if t.numel())) + 1
+
+
+def _image_shape(data: FullBatchData, kind: str) -> tuple[int, int, int]:
+    shape = tuple(data.x.shape[1:])
+    if len(shape) != 3:
+        raise ConfigError(f"config key 'model.kind' {kind} needs image data [N, C, H, W]; the data give "
+                          f"examples of shape {list(shape)} (choose model.kind mlp)")
+    return shape  # type: ignore[return-value]
+
+
+def _seeded(seed: int, make) -> nn.Sequential:
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
+        torch.manual_seed(seed)
+        return make()
+
+
+# --- builders ----------------------------------------------------------------------------------------
+
+def build_mlp_net(in_features: int, widths: list[int], outputs: int, activation: str = "relu", *, seed: int = 0,
+                  dtype: torch.dtype = torch.float64) -> nn.Sequential:
+    """flatten, fc1, act1, ..., fc<L>, act<L>, out: extensions.mlp.mlp's layers (same init for the same
+    seed) after an nn.Flatten, with names."""
+    layers = list(mlp([in_features, *widths, outputs], activation, seed=seed, dtype=dtype))
+    named: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    for i, layer in enumerate(layers[:-1]):
+        named.append((f"fc{i // 2 + 1}" if i % 2 == 0 else f"act{i // 2 + 1}", layer))
+    named.append(("out", layers[-1]))
+    return nn.Sequential(OrderedDict(named))
+
+
+def build_cnn_net(image: tuple[int, int, int], channels: list[int], outputs: int, activation: str = "relu",
+                  kernel_size: int = 3, *, seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Sequential:
+    """conv<i> (kernel_size, 'same' padding), act<i>, pool<i> (2x2 max, while the image is >= 2 pixels),
+    for each entry of channels; then flatten and a Linear out."""
+    act = ACTIVATIONS[activation]
+
+    def make() -> nn.Sequential:
+        named: list[tuple[str, nn.Module]] = []
+        c, h, w = image
+        for i, width in enumerate(channels, start=1):
+            named += [(f"conv{i}", nn.Conv2d(c, width, kernel_size, padding=kernel_size // 2, dtype=dtype)),
+                      (f"act{i}", act())]
+            c = width
+            if h >= 2 and w >= 2:
+                named.append((f"pool{i}", nn.MaxPool2d(2)))
+                h, w = h // 2, w // 2
+        named += [("flatten", nn.Flatten()), ("out", nn.Linear(c * h * w, outputs, dtype=dtype))]
+        return nn.Sequential(OrderedDict(named))
+
+    return _seeded(seed, make)
+
+
+def build_vgg_net(image: tuple[int, int, int], channels: list[int], outputs: int, convs_per_stage: int = 2,
+                  hidden: int = 128, batch_norm: bool = False, *, seed: int = 0,
+                  dtype: torch.dtype = torch.float64) -> nn.Sequential:
+    """Stages s = 1..len(channels): convs_per_stage x (conv<s>_<i> 3x3, [bn<s>_<i>], act<s>_<i> ReLU), then
+    pool<s> (2x2 max, while the image is >= 2 pixels); flatten, [fc1, act_fc1 (ReLU)], out.
+
+    With batch_norm the convolutions have no bias (BatchNorm's shift replaces it)."""
+    def make() -> nn.Sequential:
+        named: list[tuple[str, nn.Module]] = []
+        c, h, w = image
+        for s, width in enumerate(channels, start=1):
+            for i in range(1, convs_per_stage + 1):
+                named.append((f"conv{s}_{i}", nn.Conv2d(c, width, 3, padding=1, bias=not batch_norm, dtype=dtype)))
+                if batch_norm:
+                    named.append((f"bn{s}_{i}", nn.BatchNorm2d(width, dtype=dtype)))
+                named.append((f"act{s}_{i}", nn.ReLU()))
+                c = width
+            if h >= 2 and w >= 2:
+                named.append((f"pool{s}", nn.MaxPool2d(2)))
+                h, w = h // 2, w // 2
+        named.append(("flatten", nn.Flatten()))
+        features = c * h * w
+        if hidden:
+            named += [("fc1", nn.Linear(features, hidden, dtype=dtype)), ("act_fc1", nn.ReLU())]
+            features = hidden
+        named.append(("out", nn.Linear(features, outputs, dtype=dtype)))
+        return nn.Sequential(OrderedDict(named))
+
+    return _seeded(seed, make)
+
+
+# --- registered kinds --------------------------------------------------------------------------------
+
+@register_model("mlp", MLPConfig, default_data=DEFAULT_DATA, convergence="loss", loss=LOSS)
+def build_mlp(cfg: Any, data: FullBatchData) -> nn.Module:
+    MLPConfig.validate(cfg)
+    m = _section(cfg)
+    widths = [int(w) for w in m.widths]
+    in_features = math.prod(data.x.shape[1:])
+    return build_mlp_net(in_features, widths, num_outputs(m, data), m.activation, seed=m.seed, dtype=data.x.dtype)
+
+
+@register_model("cnn", CNNConfig, default_data=DEFAULT_DATA, convergence="loss", loss=LOSS)
+def build_cnn(cfg: Any, data: FullBatchData) -> nn.Module:
+    CNNConfig.validate(cfg)
+    m = _section(cfg)
+    channels = [int(c) for c in m.channels]
+    return build_cnn_net(_image_shape(data, "cnn"), channels, num_outputs(m, data), m.activation, m.kernel_size,
+                         seed=m.seed, dtype=data.x.dtype)
+
+
+@register_model("vgg", VGGConfig, default_data=DEFAULT_DATA, convergence="loss", loss=LOSS)
+def build_vgg(cfg: Any, data: FullBatchData) -> nn.Module:
+    VGGConfig.validate(cfg)
+    m = _section(cfg)
+    channels = [int(c) for c in m.channels]
+    return build_vgg_net(_image_shape(data, "vgg"), channels, num_outputs(m, data), m.convs_per_stage, m.hidden,
+                         bool(m.batch_norm), seed=m.seed, dtype=data.x.dtype)
