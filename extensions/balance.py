@@ -42,6 +42,7 @@ from torch import nn
 
 from shallownet.callbacks.logging import log_values
 from shallownet.callbacks.tensorboard import find_writer, log_step
+from shallownet.registry import register_monitor
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
@@ -226,6 +227,7 @@ PRED_ERROR = "balance/pred_error_{}"
 PER_UNIT = "balance/per_unit_{}"
 
 
+@register_monitor("balance")
 class BalanceMonitor(L.Callback):
     """Logs the per-unit balance C_j of `pl_module.<attr>` (default `model`) every `every_n_steps` steps.
 

@@ -91,9 +91,15 @@ class SharpnessConfig:
 
 
 @dataclass
+class BalanceConfig:
+    every_n_steps: int = 0  # 0: off; the per-unit balance C_j of ReLU / conv nets (extensions/balance.py)
+
+
+@dataclass
 class MonitorConfig:
     every_n_steps: int = 1
     sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
 
 
 @dataclass
@@ -468,3 +474,5 @@ def validate_run(cfg: DictConfig) -> None:
     require(s.tol > 0, "monitor.sharpness.tol", "> 0", s.tol)
     require(s.max_iter >= 1, "monitor.sharpness.max_iter", "an integer >= 1", s.max_iter)
     require(s.top_k >= 1, "monitor.sharpness.top_k", "an integer >= 1", s.top_k)
+    require(mon.balance.every_n_steps >= 0, "monitor.balance.every_n_steps", "an integer >= 0 (0: off)",
+            mon.balance.every_n_steps)

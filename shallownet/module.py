@@ -8,7 +8,8 @@ closure as often as its stages need). The data set lives on the module's device,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import lightning as L
 import torch
@@ -18,6 +19,19 @@ from shallownet import interrupt
 from shallownet.flow import FlowIntegrator
 from shallownet.registry import FullBatchData
 from shallownet.stop import StopRule
+
+
+@contextmanager
+def measuring(model: nn.Module) -> Iterator[None]:
+    """Forwards that measure and do not train: the random streams and every buffer (BatchNorm running
+    statistics) are left as they were, so a monitored run ends bit-identical to an unmonitored one."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+    with torch.no_grad():
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
 
 
 class FullBatchModule(L.LightningModule):
@@ -92,20 +106,21 @@ class FullBatchModule(L.LightningModule):
     def quantities(self) -> dict[str, torch.Tensor]:
         """What the model knows (its quantities()), plus the loss; without them: loss, squared parameter
         norm and gradient norm. Classification data adds accuracy (and test loss / accuracy)."""
-        values = {"loss": self.full_batch_loss()}
-        known = getattr(self.model, "quantities", None)
-        if callable(known):
-            values.update(known())
-        else:
-            values["norm"] = self._squared_norm()
-            values["grad_norm"] = self._gradient_norm()
-        data = self.data
-        if not data.y.is_floating_point():
-            with torch.no_grad():
-                values["accuracy"] = self._accuracy(data.x, data.y)
-                if data.x_test is not None:
-                    values["test_loss"] = self.full_batch_loss(data.x_test, data.y_test)
-                    values["test_accuracy"] = self._accuracy(data.x_test, data.y_test)
+        with measuring(self.model):
+            values = {"loss": self.full_batch_loss()}
+            known = getattr(self.model, "quantities", None)
+            if callable(known):
+                values.update(known())
+            else:
+                values["norm"] = self._squared_norm()
+                values["grad_norm"] = self._gradient_norm()
+            data = self.data
+            if not data.y.is_floating_point():
+                with torch.no_grad():
+                    values["accuracy"] = self._accuracy(data.x, data.y)
+                    if data.x_test is not None:
+                        values["test_loss"] = self.full_batch_loss(data.x_test, data.y_test)
+                        values["test_accuracy"] = self._accuracy(data.x_test, data.y_test)
         return values
 
     def _accuracy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -139,13 +154,14 @@ class FullBatchModule(L.LightningModule):
 
     def judge(self, loss: torch.Tensor | None = None, have_gradient: bool = False) -> str | None:
         """The StopRule's verdict on the current parameters; `loss` / gradients there if already computed."""
-        if self.convergence == "residual":
-            error = float(self.model.quantities()["residual"])
-        elif self.convergence == "loss":
-            error = float(loss if loss is not None else self.full_batch_loss())
-        else:
-            error = float(torch.sqrt(sum(p.grad.square().sum() for p in self.model.parameters()))
-                          if have_gradient else self._gradient_norm())
+        with measuring(self.model):
+            if self.convergence == "residual":
+                error = float(self.model.quantities()["residual"])
+            elif self.convergence == "loss":
+                error = float(loss if loss is not None else self.full_batch_loss())
+            else:
+                error = float(torch.sqrt(sum(p.grad.square().sum() for p in self.model.parameters()))
+                              if have_gradient else self._gradient_norm())
         return self.rule.judge(error, float(self._squared_norm()), self.trainer.global_step, self.flow_time,
                                interrupted=interrupt.requested() is not None)
 

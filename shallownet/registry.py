@@ -58,6 +58,7 @@ class DataKind:
 
 MODELS: dict[str, ModelKind] = {}
 DATA: dict[str, DataKind] = {}
+MONITORS: dict[str, Callable] = {}  # name -> factory(every_n_steps) of a Lightning callback
 
 
 def register_model(name: str, schema: type, *, default_data: str, convergence: str = "loss",
@@ -76,6 +77,18 @@ def register_data(name: str, schema: type) -> Callable:
         DATA[name] = DataKind(name, schema, load)
         return load
     return decorate
+
+
+def register_monitor(name: str) -> Callable:
+    """A monitor a config switches on by name (`monitor.<name>.every_n_steps`), e.g. the balance monitor."""
+    def decorate(factory: Callable) -> Callable:
+        MONITORS[name] = factory
+        return factory
+    return decorate
+
+
+def monitor(name: str) -> Callable | None:
+    return _lookup(MONITORS, name)
 
 
 def _load_plugins() -> None:

@@ -87,6 +87,7 @@ def build(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> Pieces
     data = registry.data_kind(cfg.data.kind).load(cfg, dtype)
     model = model_kind.build(cfg, data)
     t, optim = cfg.train, cfg.optim
+    _check_batch_statistics(model, t.chunk_size, len(data.x))
     rule = StopRule(t.tol, t.divergence_norm, t.max_steps, float("inf") if t.max_time is None else t.max_time)
     if optim.method == "gd":
         make_optimizer = functools.partial(GradientDescent, lr=optim.lr)
@@ -101,8 +102,22 @@ def build(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> Pieces
     sharpness = SharpnessMonitor(every_n_steps=s.every_n_steps, tol=s.tol, max_iter=s.max_iter, top_k=s.top_k,
                                  chunk_size=t.chunk_size) if s.every_n_steps else None
     recorder = RunRecorder(flat_hparams(cfg), dynamics, sharpness)
-    callbacks = [dynamics, *([sharpness] if sharpness else []), *extra_callbacks, recorder]
+    balance = cfg.monitor.balance.every_n_steps
+    extra = [registry.monitor("balance")(every_n_steps=balance)] if balance else []
+    callbacks = [dynamics, *([sharpness] if sharpness else []), *extra, *extra_callbacks, recorder]
     return Pieces(module, FullBatchDataModule(data, t.max_steps), dynamics, sharpness, recorder, callbacks)
+
+
+def _check_batch_statistics(model, chunk_size: int | None, rows: int) -> None:
+    """BatchNorm nets train on full-batch statistics: chunks would make each chunk a batch of its own, a
+    different loss from the full-batch one that the monitors and the curvature measure."""
+    from shallownet.config import ConfigError
+    from shallownet.curvature.operators import batch_statistics_module
+
+    found = batch_statistics_module(model)
+    if found is not None and chunk_size is not None and chunk_size < rows:
+        raise ConfigError(f"config key 'train.chunk_size' must be null for a net with BatchNorm ({found[0]}): its "
+                          "batch statistics are full-batch statistics, which chunks would change")
 
 
 def cfg_time_unit(cfg: DictConfig) -> float | None:
@@ -164,15 +179,17 @@ def run_loggers(run_dir: Path) -> list:
             RunCSVLogger(save_dir=str(run_dir), name="", version="")]
 
 
-def run(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Callback] = (), resume: bool = False) -> dict:
+def run(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Callback] = (), resume: bool = False,
+        pieces: Pieces | None = None) -> dict:
     """Train one run into run_dir (TensorBoard events, metrics.csv, last.ckpt); returns the summary.
 
-    resume: continue from run_dir/last.ckpt (the logs past the checkpoint's step are cut off first, so each
-    step is logged once).
+    pieces: already built from cfg (the CLI builds them before it creates the run folder, so a data file
+    that cannot be read writes nothing). resume: continue from run_dir/last.ckpt (the logs past the
+    checkpoint's step are cut off first, so each step is logged once).
     """
     from shallownet.run_folder import truncate_logs
 
-    pieces = build(cfg, extra_callbacks)
+    pieces = pieces or build(cfg, extra_callbacks)
     checkpoint = run_dir / CHECKPOINT
     callbacks = [*pieces.callbacks, PeriodicCheckpoint(checkpoint, cfg.train.checkpoint_every_n_steps),
                  StopOnSignal()]

@@ -54,13 +54,14 @@ def run(config_path: str | None, overrides: list[str]) -> int:
     from shallownet.cli import exit_status
 
     training.quiet_lightning()
+    pieces = training.build(cfg)  # reads the data and builds the model: their errors come before the folder
     interrupt.install()
     if resume_dir is None:
         run_dir = start_run(cfg)
     else:
         run_dir = resume_dir
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    summary = training.run(cfg, run_dir, resume=resume_dir is not None)
+    summary = training.run(cfg, run_dir, resume=resume_dir is not None, pieces=pieces)
     summary["provenance"] = provenance()
     write_json(run_dir / SUMMARY_FILE, summary)
     print(training.describe(summary, run_dir, cfg.output.root))

@@ -67,11 +67,11 @@ def gather(runs: Runs, flat: np.ndarray, n_runs: int, rank: int, world: int) -> 
         return None
     fields = {}
     for name, example in vars(runs).items():
-        merged = np.empty(n_runs, dtype=example.dtype)
+        merged = np.empty((n_runs, *example.shape[1:]), dtype=example.dtype)
         for indices, part in parts:
             merged[indices] = getattr(part, name)
         fields[name] = merged
-    return Runs(**fields)
+    return type(runs)(**fields)
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 
     numba    the exact (U, V) recursion on the CPU, SIMD over blocks of runs (kernel.py); the default
     torch    the same recursion as torch tensors, for CUDA (torch_paths.py)
+    cuda     the same recursion as one fused numba.cuda kernel, a run's state in registers (cuda_kernels.py)
     batched  plain GD on [N, d] tensors of (a, b): slow, the cross-check of the other two
 
 Every run stops on its own by the one StopRule (shallownet.stop): converged once |eps_k| <= tol (tested
@@ -20,7 +21,7 @@ import numpy as np
 from shallownet.stop import OUTCOMES as ALL_OUTCOMES
 from shallownet.stop import StopRule
 
-BACKENDS = ("numba", "torch", "batched")
+BACKENDS = ("numba", "torch", "batched", "cuda")
 
 OUTCOMES = ALL_OUTCOMES[:3]  # a sweep's runs end converged, diverged or at max_steps
 CONVERGED, DIVERGED, MAX_STEPS = range(3)  # the codes StopRule.classify gives them
@@ -28,7 +29,7 @@ CONVERGED, DIVERGED, MAX_STEPS = range(3)  # the codes StopRule.classify gives t
 # Working memory per run while a chunk is simulated (state, inputs and temporaries, float64), for
 # sizing chunks to a memory budget; the batched path also holds ~10 [d]-vectors per run (a, b and
 # the temporaries of one step).
-_BYTES_PER_RUN = {"numba": 80, "torch": 200, "batched": 200}
+_BYTES_PER_RUN = {"numba": 80, "torch": 200, "batched": 200, "cuda": 80}
 _BYTES_PER_RUN_AND_UNIT = 80
 
 
@@ -86,6 +87,10 @@ def _recursion(u0, v0, eta, phi, rule, backend, device):
         from shallownet.sweep.kernel import run_uv_numba
 
         u, v, factor, max_step, steps = run_uv_numba(*args)
+    elif backend == "cuda":
+        from shallownet.sweep.cuda_kernels import run_uv_cuda
+
+        u, v, factor, max_step, steps = run_uv_cuda(*args)
     else:
         from shallownet.sweep.torch_paths import run_uv_torch
 

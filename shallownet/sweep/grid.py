@@ -13,10 +13,12 @@ from omegaconf import DictConfig
 
 from shallownet.config import ConfigError, require, require_device
 from shallownet.stop import StopRule
+from shallownet.sweep.chain import CHAIN_BACKENDS, CHAIN_INIT_SCHEMES, chain_bytes_per_run, chain_grid
 from shallownet.sweep.engine import BACKENDS, bytes_per_run
 
 SPACINGS = ("log", "linear")
 SWEEP_INIT_SCHEMES = ("imbalanced", "gaussian")
+MAX_CHAIN_DEPTH = 64  # the chain kernel keeps a run's weights in registers
 TORCH_CPU_CHUNK = 65536  # the torch backends on a CPU advance ~1e7 config-steps/s: progress every few s
 RESULT_BYTES_PER_RUN = 160  # the grid of results held in memory (and gathered on rank 0): ~16 float64s
 
@@ -37,6 +39,7 @@ class GridConfig:  # the paper's Figure 3: eta = 1/phi sits inside the range; la
 
 @dataclass
 class SweepInitConfig:
+    depth: int = 2  # 2: the shallow net of width `width`; L > 2: the depth-L scalar chain (width 1)
     scheme: str = "imbalanced"
     imbalance: float = 0.5
     width: int = 10
@@ -87,19 +90,28 @@ def validate(cfg: DictConfig) -> None:
         require(axis.stop > axis.start if axis.num > 1 else axis.stop >= axis.start, f"{key}.stop",
                 f"> {key}.start={axis.start} (the grid is empty or inverted otherwise)", axis.stop)
     init = cfg.init
-    require(init.scheme in SWEEP_INIT_SCHEMES, "init.scheme", f"one of {', '.join(SWEEP_INIT_SCHEMES)}",
+    require(init.depth >= 2, "init.depth", "an integer >= 2", init.depth)
+    schemes, backends = (SWEEP_INIT_SCHEMES, BACKENDS) if init.depth == 2 else (CHAIN_INIT_SCHEMES, CHAIN_BACKENDS)
+    require(init.scheme in schemes, "init.scheme", f"one of {', '.join(schemes)} at init.depth={init.depth}",
             init.scheme)
     require(-1 < init.imbalance < 1, "init.imbalance", "in (-1, 1)", init.imbalance)
     require(init.width >= 1, "init.width", "an integer >= 1", init.width)
+    # only depth 2 reduces to two numbers per run (U, V) at any width; deeper, the scalar chain does
+    require(init.depth == 2 or init.width == 1, "init.width",
+            "1 when init.depth > 2 (the depth-L sweep runs the scalar chain w_1 ... w_L)", init.width)
+    require(init.depth <= MAX_CHAIN_DEPTH, "init.depth", f"at most {MAX_CHAIN_DEPTH}", init.depth)
     stop = cfg.stop
     require(stop.max_steps >= 1, "stop.max_steps", "an integer >= 1", stop.max_steps)
     require(stop.tol > 0, "stop.tol", "> 0", stop.tol)
     require(stop.divergence_norm > 0, "stop.divergence_norm", "> 0", stop.divergence_norm)
     eng = cfg.engine
-    require(eng.backend in BACKENDS, "engine.backend", f"one of {', '.join(BACKENDS)}", eng.backend)
+    require(eng.backend in backends, "engine.backend", f"one of {', '.join(backends)} at init.depth={init.depth}",
+            eng.backend)
     require_device(eng.device, "engine.device")
     require(eng.backend != "numba" or eng.device == "cpu", "engine.device",
-            "cpu for engine.backend=numba (use engine.backend=torch on a GPU)", eng.device)
+            "cpu for engine.backend=numba (use engine.backend=torch or cuda on a GPU)", eng.device)
+    require(eng.backend != "cuda" or eng.device.startswith("cuda"), "engine.device",
+            "a CUDA device for engine.backend=cuda", eng.device)
     require(eng.chunk_size >= 1, "engine.chunk_size", "an integer >= 1", eng.chunk_size)
     physical_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
     require(0 < eng.memory_mb <= physical_mb, "engine.memory_mb",
@@ -121,7 +133,8 @@ def chunk_size(cfg: DictConfig) -> int:
     """Runs per chunk: engine.chunk_size, lowered to fit engine.memory_mb next to the results grid."""
     budget = cfg.engine.memory_mb * 2**20
     results = n_runs(cfg) * RESULT_BYTES_PER_RUN
-    per_run = bytes_per_run(cfg.engine.backend, cfg.init.width)
+    per_run = (bytes_per_run(cfg.engine.backend, cfg.init.width) if cfg.init.depth == 2
+               else chain_bytes_per_run(cfg.engine.backend, cfg.init.depth))
     fits = int((budget - results) // per_run)
     if fits < 1:
         raise ConfigError(
@@ -162,12 +175,17 @@ class Grid:
         return self.eta[flat // self.scale.size], flat % self.scale.size
 
 
-def build_grid(cfg: DictConfig) -> Grid:
-    """Initial points from shallownet.model.initial_vectors, one per scale (the same seed for all)."""
+def build_grid(cfg: DictConfig):
+    """The runs: a Grid of shallow nets (initial points from shallownet.model.initial_vectors, one per scale,
+    the same seed for all) at depth 2, a ChainGrid of scalar chains deeper."""
     from shallownet.model import initial_vectors
 
     scale = axis_values(cfg.grid.scale)
     init = cfg.init
+    if init.depth > 2:
+        rule = StopRule(cfg.stop.tol, cfg.stop.divergence_norm, cfg.stop.max_steps)
+        return chain_grid(axis_values(cfg.grid.eta), scale, init.depth, cfg.phi, rule, init.scheme, init.imbalance,
+                          init.seed)
     points = [initial_vectors(init.width, init.scheme, float(s), init.seed, init.imbalance) for s in scale]
     a0 = np.stack([a.numpy() for a, _ in points])
     b0 = np.stack([b.numpy() for _, b in points])

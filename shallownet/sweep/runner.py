@@ -13,6 +13,8 @@ from tqdm import tqdm
 from shallownet.plots import save_figure
 from shallownet.run_folder import provenance, start_run, write_json
 from shallownet.sweep import distributed
+from shallownet.sweep.chain import ChainGrid, chain_records, chain_summary, save_chain_npz, simulate_chain
+from shallownet.sweep.chain_figures import chain_figures
 from shallownet.sweep.engine import OUTCOMES, Runs, simulate
 from shallownet.sweep.figures import figure3, sharpness_panel
 from shallownet.sweep.grid import Grid, build_grid, chunk_size
@@ -23,9 +25,11 @@ def compute(cfg: DictConfig, grid: Grid, flat: np.ndarray | None = None, device:
             progress: bool = False, desc: str = "sweep") -> Runs:
     """Simulate the runs of `grid` with the given flat indices (default all) as cfg.engine says."""
     eta, index = grid.runs(flat)
+    options = {"backend": cfg.engine.backend, "device": device or cfg.engine.device, "chunk_size": chunk_size(cfg)}
     with tqdm(total=eta.size, unit="run", desc=desc, disable=not progress, smoothing=0.1) as bar:
-        return simulate(eta, index, grid.a0, grid.b0, grid.phi, grid.rule, backend=cfg.engine.backend,
-                        device=device or cfg.engine.device, chunk_size=chunk_size(cfg), progress=bar.update)
+        if isinstance(grid, ChainGrid):
+            return simulate_chain(eta, grid.w0, grid.phi, grid.rule, index, progress=bar.update, **options)
+        return simulate(eta, index, grid.a0, grid.b0, grid.phi, grid.rule, progress=bar.update, **options)
 
 
 def run_sweep(cfg: DictConfig) -> int:
@@ -37,7 +41,7 @@ def run_sweep(cfg: DictConfig) -> int:
         if rank == 0:
             run_dir = start_run(cfg)
         flat = distributed.share(grid.size, rank, world)
-        if cfg.engine.backend == "numba":
+        if cfg.engine.backend == "numba" and cfg.init.depth == 2:
             from shallownet.sweep.kernel import load_kernel
 
             load_kernel()  # JIT compile or cache load (~0.3 s) outside the timed simulation
@@ -61,10 +65,17 @@ def run_sweep(cfg: DictConfig) -> int:
 
 def write_outputs(run_dir: Path, cfg: DictConfig, grid: Grid, runs: Runs, timing: dict) -> dict:
     """grid.npz and the figures (PNG and TensorBoard); returns the summary for summary.json."""
-    recs = records(grid, runs)
-    save_npz(run_dir / "grid.npz", recs)
-    figures = {"figure3": figure3(recs, grid.phi, grid.rule.max_steps, grid.rule.tol),
-               "sharpness": sharpness_panel(recs, grid.phi)}
+    if isinstance(grid, ChainGrid):
+        recs = chain_records(grid, runs)
+        save_chain_npz(run_dir / "grid.npz", recs)
+        figures = chain_figures(recs, grid.rule.max_steps, grid.rule.tol)
+        described = chain_summary(grid, recs)
+    else:
+        recs = records(grid, runs)
+        save_npz(run_dir / "grid.npz", recs)
+        figures = {"figure3": figure3(recs, grid.phi, grid.rule.max_steps, grid.rule.tol),
+                   "sharpness": sharpness_panel(recs, grid.phi)}
+        described = summarise(grid, recs)
     writer = None
     if cfg.output.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -77,7 +88,7 @@ def write_outputs(run_dir: Path, cfg: DictConfig, grid: Grid, runs: Runs, timing
     summary = {
         "status": "done",
         "outcome_codes": dict(enumerate(OUTCOMES)),
-        **summarise(grid, recs),
+        **described,
         "files": {"grid": "grid.npz", "figures": [f"{name}.png" for name in figures]},
         "timing": timing,
         "provenance": provenance(),

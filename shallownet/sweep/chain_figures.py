@@ -1,0 +1,192 @@
+"""Figures of a chain sweep (depth-L scalar chains, theory.md 8.2) from chain_records.
+
+`chain_maps`: three maps over step size eta (x) and initial scale s (y): the final sharpness over the
+least sharpness of any minimum, L |Phi|^(2-2/L); the imbalance kept, (w_1^2 - w_L^2)(T)/(w_1^2 - w_L^2)(0);
+and the steps to converge. Cells that diverged are black, cells not converged within the budget grey,
+so neither can be mistaken for a value (a run that starts converged has 0 steps: its own colour).
+Theory lines on every map: eta = 2 / (L |Phi|^(2-2/L)), beyond which no minimum is stable, and
+eta = 2 / S_GF, the edge of stability of the minimum gradient flow reaches from each initial point.
+`chain_sharpness_curves`: final sharpness against eta for a few scales, with S_GF, 2/eta and L|Phi|^(2-2/L).
+
+matplotlib is imported inside the functions (it costs seconds); figures are matplotlib Figures (no pyplot
+state), to be saved as PNG or sent to TensorBoard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from shallownet.sweep.engine import CONVERGED, DIVERGED, MAX_STEPS
+
+DIVERGED_COLOUR = "black"
+MAX_STEPS_COLOUR = "#a6a6a6"  # mid grey: apart from white (0 on the imbalance map) and every colour map
+ZERO_STEPS_COLOUR = "#e7298a"  # magenta: runs that start converged (0 steps, off a log scale)
+THRESHOLD_COLOUR = "red"  # eta = 2 / (L Phi^(2-2/L))
+GF_LINE_COLOUR = "orange"  # eta = 2 / S_GF
+N_SHARPNESS_CURVES = 5
+
+
+def chain_figures(recs: dict, max_steps: int | None = None, tol: float | None = None) -> dict:
+    """{'chain_maps': Figure, 'chain_sharpness': Figure}."""
+    return {"chain_maps": chain_maps(recs, max_steps, tol), "chain_sharpness": chain_sharpness_curves(recs)}
+
+
+def save_chain_figures(recs: dict, folder, max_steps: int | None = None, tol: float | None = None,
+                       dpi: int = 150) -> list[Path]:
+    """Write chain_maps.png and chain_sharpness.png into `folder`; returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in chain_figures(recs, max_steps, tol).items():
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=dpi)
+        paths.append(path)
+    return paths
+
+
+def chain_maps(recs: dict, max_steps: int | None = None, tol: float | None = None):
+    from matplotlib.colors import LogNorm, TwoSlopeNorm
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    outcome = recs["outcome"]
+    depth, phi = int(recs["depth"]), float(recs["phi"])
+    fig = Figure(figsize=(18, 5.8), layout="constrained")
+    sharp_ax, ratio_ax, steps_ax = fig.subplots(1, 3)
+
+    sharp = np.ma.masked_where(outcome != CONVERGED, recs["sharpness_over_least"])
+    finite = sharp.compressed()[np.isfinite(sharp.compressed())]
+    top = max(float(finite.max()), 1.5) if finite.size else 10.0
+    mesh = _map(sharp_ax, recs, sharp, "viridis", LogNorm(vmin=1.0, vmax=top))
+    _log_colorbar(fig, mesh, sharp_ax, f"S / (L Φ^(2-2/L)) = S / {float(recs['least_sharpness']):.4g}")
+    sharp_ax.set_title("final sharpness over the least of any minimum")
+
+    ratio = np.ma.masked_where(outcome != CONVERGED, recs["imbalance_ratio"])
+    # The scale stops at -1 (a flipped imbalance as large as at the start); below it the colour saturates.
+    low = min(float(ratio.min()), -1e-3) if ratio.count() else -1.0
+    high = max(float(ratio.max()), 1e-3) if ratio.count() else 1.0
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=max(low, -1.0), vmax=high)
+    mesh = _map(ratio_ax, recs, ratio, "RdBu_r", norm)
+    fig.colorbar(mesh, ax=ratio_ax, extend="min" if low < -1.0 else "neither",
+                 label="(w_1² − w_L²)(T) / (w_1² − w_L²)(0)   (P: product of per-step factors)")
+    ratio_ax.set_title("imbalance kept by GD")
+
+    steps = np.ma.masked_where((outcome != CONVERGED) | (recs["steps"] < 1), recs["steps"].astype(float))
+    top = max(float(steps.max()), 10.0) if steps.count() else 10.0
+    mesh = _map(steps_ax, recs, steps, "magma_r", LogNorm(vmin=1.0, vmax=top))
+    _log_colorbar(fig, mesh, steps_ax, "steps to |ε| ≤ tol" if tol is None else f"steps to |ε| ≤ {tol:g}")
+    _mark(steps_ax, recs, (outcome == CONVERGED) & (recs["steps"] == 0), ZERO_STEPS_COLOUR)
+    steps_ax.set_title("time to converge")
+
+    for ax in (sharp_ax, ratio_ax, steps_ax):
+        _mark(ax, recs, outcome == DIVERGED, DIVERGED_COLOUR)
+        _mark(ax, recs, outcome == MAX_STEPS, MAX_STEPS_COLOUR)
+        _theory_lines(ax, recs)
+    budget = "" if max_steps is None else f" in T = {max_steps} steps"
+    handles = [
+        Line2D([], [], color=THRESHOLD_COLOUR, lw=1.8, ls=":",
+               label=f"η = 2/(L Φ^(2-2/L)) = {float(recs['stability_threshold']):.4g}: no stable minimum beyond"),
+        Line2D([], [], color=GF_LINE_COLOUR, lw=1.8, ls="--", label="η = 2/S_GF (S_GF: sharpness where GF ends)"),
+        Patch(color=DIVERGED_COLOUR, label="diverged"),
+        Patch(color=MAX_STEPS_COLOUR, label=f"not converged{budget}"),
+        Patch(facecolor=ZERO_STEPS_COLOUR, label="0 steps (starts converged)"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize="medium")
+    fig.suptitle(f"GD on the depth-{depth} scalar chain w_1···w_{depth}, Φ = {phi:g}: step size × initial scale",
+                 fontsize="x-large")
+    return fig
+
+
+def chain_sharpness_curves(recs: dict):
+    """Final sharpness versus eta for a few initial scales, against S_GF, 2/eta and L Phi^(2-2/L)."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 5.6), layout="constrained")
+    ax = fig.subplots()
+    eta, scale = recs["eta"], recs["scale"]
+    least = float(recs["least_sharpness"])
+    rows = np.unique(np.linspace(0, scale.size - 1, N_SHARPNESS_CURVES).round().astype(int))
+    colours = matplotlib.colormaps["plasma"](np.linspace(0.0, 0.85, rows.size))
+    for j, colour in zip(rows, colours, strict=True):
+        converged = recs["outcome"][:, j] == CONVERGED
+        sharp = recs["final_sharpness"][:, j]
+        ax.plot(eta[converged], sharp[converged], ".", ms=4, color=colour, label=f"scale {scale[j]:.3g}")
+        ax.plot(eta[~converged], sharp[~converged], "x", ms=3, alpha=0.4, color=colour)
+        ax.axhline(recs["gf_sharpness"][j], color=colour, ls="--", lw=1)
+    ax.plot(eta, 2.0 / eta, "k-", lw=1.2, label="2/η (stability limit)")
+    ax.axhline(least, color="grey", lw=1.2, label=f"L Φ^(2-2/L) = {least:.4g} (flattest minimum)")
+    ax.axvline(float(recs["stability_threshold"]), color=THRESHOLD_COLOUR, ls=":", lw=1.4,
+               label="η = 2/(L Φ^(2-2/L))")
+    ax.plot([], [], "k--", lw=1, label="S_GF of each scale (dashed)")
+    ax.plot([], [], "kx", ms=4, alpha=0.5, label="not converged (state at T)")
+    _log_axis(ax, "x", eta)
+    ax.set_yscale("log")
+    # No minimum is flatter than L Phi^(2-2/L); the range covers the converged runs and S_GF.
+    converged = recs["final_sharpness"][:, rows][recs["outcome"][:, rows] == CONVERGED]
+    top = max(np.nanmax(recs["gf_sharpness"][rows]), converged.max() if converged.size else least)
+    ax.set_ylim(0.8 * least, 1.5 * top)
+    _readable_log_ticks(ax.yaxis, 0.8 * least, 1.5 * top)
+    ax.set_xlabel("step size η")
+    ax.set_ylabel("final sharpness (largest Hessian eigenvalue)")
+    ax.set_title(f"depth {int(recs['depth'])}: final sharpness against S_GF, 2/η and the flattest minimum")
+    fig.legend(fontsize="small", loc="outside right upper")
+    return fig
+
+
+def _map(ax, recs, values, cmap, norm):
+    mesh = ax.pcolormesh(recs["eta"], recs["scale"], values.T, cmap=cmap, norm=norm, shading="nearest")
+    _log_axis(ax, "x", recs["eta"])
+    _log_axis(ax, "y", recs["scale"])
+    ax.set_xlabel("step size η", fontsize="large")
+    ax.set_ylabel("initial scale s", fontsize="large")
+    ax.set_xlim(recs["eta"][0], recs["eta"][-1])
+    ax.set_ylim(recs["scale"][0], recs["scale"][-1])
+    return mesh
+
+
+def _mark(ax, recs, where, colour):
+    """Paint the cells where `where` holds in one flat colour."""
+    from matplotlib.colors import ListedColormap
+
+    if where.any():
+        ax.pcolormesh(recs["eta"], recs["scale"], np.ma.masked_where(~where, where).T.astype(float),
+                      cmap=ListedColormap([colour]), shading="nearest")
+
+
+def _theory_lines(ax, recs):
+    ax.axvline(float(recs["stability_threshold"]), color=THRESHOLD_COLOUR, lw=1.8, ls=":")
+    ax.plot(2.0 / recs["gf_sharpness"], recs["scale"], color=GF_LINE_COLOUR, lw=1.8, ls="--")
+
+
+def _log_colorbar(fig, mesh, ax, label):
+    bar = fig.colorbar(mesh, ax=ax, label=label)
+    _readable_log_ticks(bar.ax.yaxis, mesh.norm.vmin, mesh.norm.vmax)
+    return bar
+
+
+def _log_axis(ax, which, values):
+    """Log scale for log-spaced values, with ticks at 1, 2, 5 x 10^k written as plain numbers."""
+    if _log_spaced(values):
+        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+        _readable_log_ticks(ax.xaxis if which == "x" else ax.yaxis, values.min(), values.max())
+
+
+def _readable_log_ticks(axis, low, high):
+    """Ticks at 1, 2, 5 x 10^k over wide ranges, denser over ranges of about a decade or less."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    decades = np.log10(high / low) if low > 0 and high > low else 1.0
+    subs = (1.0, 2.0, 5.0) if decades > 1.6 else (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+    axis.set_major_locator(LogLocator(base=10.0, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _log_spaced(values: np.ndarray) -> bool:
+    values = np.asarray(values, dtype=np.float64)
+    return values.size > 2 and bool((values > 0).all()) and bool(
+        np.allclose(np.diff(np.log(values)), np.log(values[1] / values[0])))
