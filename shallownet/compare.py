@@ -36,6 +36,7 @@ class GDStepSizes:
 
 @dataclass
 class FlowConfig:
+    enabled: bool = True
     rtol: float = 1.0e-10
     atol: float = 1.0e-12
     max_time: float = 100.0
@@ -83,8 +84,13 @@ def validate_compare(cfg: DictConfig) -> None:
     for key in ("rtol", "atol", "max_time"):
         require(cfg.gf[key] > 0, f"gf.{key}", "> 0", cfg.gf[key])
     require(cfg.time_unit is None or cfg.time_unit > 0, "time_unit", "> 0 or null", cfg.time_unit)
-    for lr in (*lrs, None):
+    for lr in sub_runs(cfg):
         validate_run(run_config(cfg, lr))
+
+
+def sub_runs(cfg: DictConfig) -> tuple:
+    """The GD step sizes, then None for gradient flow if it is enabled."""
+    return (*cfg.gd.lrs, *([None] if cfg.gf.enabled else []))
 
 
 # --- running -----------------------------------------------------------------------------------------
@@ -100,15 +106,21 @@ def compare(cfg: DictConfig, run_dir: Path) -> dict:
     Shallow-net quantities (eps, lam, Qn) give theory's limits; other models get the measured table.
     """
     from shallownet.callbacks.theory import TheoryMonitor
+    from shallownet.registry import monitor
     from shallownet.training import run
 
     summaries, factors = [], []
     shallow = cfg.model.kind == "scalar_linear"
-    for lr in (*cfg.gd.lrs, None):
+    for lr in sub_runs(cfg):
         monitors = [TheoryMonitor()] if shallow and lr is not None else []
+        balance = cfg.monitor.balance.every_n_steps
+        if balance:  # kept here, so its last values reach the table
+            monitors.append(monitor("balance")(every_n_steps=balance))
+        sub = OmegaConf.merge(run_config(cfg, lr), {"monitor": {"balance": {"every_n_steps": 0}}})
         (run_dir / run_name(lr)).mkdir()
-        summaries.append(run(run_config(cfg, lr), run_dir / run_name(lr), extra_callbacks=monitors))
-        factors.append(monitors[0].factor if monitors else (1.0 if shallow else None))  # GF conserves every Q_i
+        summaries.append(run(sub, run_dir / run_name(lr), extra_callbacks=monitors))
+        summaries[-1]["final"].update(monitors[-1].last if balance else {})
+        factors.append(monitors[0].factor if shallow and lr is not None else (1.0 if shallow else None))
     init, phi = summaries[0]["init"], summaries[0]["phi"]
     result = {"model": cfg.model.kind, "phi": phi, "width": cfg.model.get("width"), "tol": cfg.train.tol,
               "time_unit": time_unit(cfg), "init": init, "theory": None}
@@ -136,6 +148,7 @@ def table_row(summary: dict, factor: float | None, lam_gf: float | None) -> dict
         "regime": "flow" if eta is None else theory.regime(eta, lam_gf, phi) if lam_gf else "-",
         "final_norm": final.get("norm"), "final_sharpness": final.get("sharpness"),
         "imbalance_ratio": final.get("imbalance_ratio"), "final_loss": final.get("loss"),
+        "final_balance": _mean([v for k, v in final.items() if k.startswith("balance/mean_abs_") and "ratio" not in k]),
         "factor": factor, "theory_norm_gf": lam_gf,
         "theory_norm": None, "rel_error_norm": None, "rel_error_sharpness": None,
     }
@@ -148,12 +161,17 @@ def table_row(summary: dict, factor: float | None, lam_gf: float | None) -> dict
     return row
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 # --- the printed table -------------------------------------------------------------------------------
 
 _COLUMNS = (  # (header, row key, format)
     ("run", "run", "{}"), ("outcome", "outcome", "{}"), ("regime", "regime", "{}"), ("steps", "steps", "{}"),
     ("time", "time", "{:.4g}"), ("grads", "grad_evals", "{}"), ("lam(T)", "final_norm", "{:.8g}"),
-    ("S(T)", "final_sharpness", "{:.8g}"), ("Q(T)/Q(0)", "imbalance_ratio", "{:.6g}"), ("P", "factor", "{:.6g}"),
+    ("S(T)", "final_sharpness", "{:.8g}"), ("loss(T)", "final_loss", "{:.3g}"),
+    ("mean |C_j|", "final_balance", "{:.6g}"), ("Q(T)/Q(0)", "imbalance_ratio", "{:.6g}"), ("P", "factor", "{:.6g}"),
     ("lam theory", "theory_norm", "{:.8g}"), ("rel err lam", "rel_error_norm", "{:.1e}"),
     ("rel err S", "rel_error_sharpness", "{:.1e}"),
 )

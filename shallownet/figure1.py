@@ -54,7 +54,8 @@ def validate_figure1(cfg: DictConfig) -> None:
     require(len(cfg.lrs) >= 1, "lrs", "a non-empty list of GD step sizes > 0", list(cfg.lrs))
     for i, lr in enumerate(cfg.lrs):
         require(lr > 0, f"lrs[{i}]", "> 0", lr)
-    require(cfg.max_steps >= 1, "max_steps", "an integer >= 1", cfg.max_steps)
+    require(1 <= cfg.max_steps <= MAX_FLOW_STEPS, "max_steps",
+            f"an integer from 1 to {MAX_FLOW_STEPS} (each GD path is kept and drawn point by point)", cfg.max_steps)
     for key in ("tol", "flow_max_step", "extent"):
         require(cfg[key] > 0, key, "> 0", cfg[key])
     require(FLOW_MAX_TIME / cfg.flow_max_step <= MAX_FLOW_STEPS, "flow_max_step",

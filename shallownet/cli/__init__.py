@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = ("train", "compare", "sweep", "figure1")
+COMMANDS = ("train", "compare", "eos", "sweep", "figure1")
 
 USAGE = "usage: shallownet {" + ",".join(COMMANDS) + "} [CONFIG.yaml] [key=value ...]"
 

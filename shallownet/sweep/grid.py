@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from omegaconf import DictConfig
 
-from shallownet.config import ConfigError, require, require_device
+from shallownet.config import ConfigError, require, require_device, require_memory
 from shallownet.stop import StopRule
 from shallownet.sweep.chain import CHAIN_BACKENDS, CHAIN_INIT_SCHEMES, chain_bytes_per_run, chain_grid
 from shallownet.sweep.engine import BACKENDS, bytes_per_run
@@ -100,6 +100,8 @@ def validate(cfg: DictConfig) -> None:
     require(init.depth == 2 or init.width == 1, "init.width",
             "1 when init.depth > 2 (the depth-L sweep runs the scalar chain w_1 ... w_L)", init.width)
     require(init.depth <= MAX_CHAIN_DEPTH, "init.depth", f"at most {MAX_CHAIN_DEPTH}", init.depth)
+    require_memory(cfg.grid.scale.num * init.width * 8 * 4, f"init.width={init.width} (the initial points)",
+                   "init.width")
     stop = cfg.stop
     require(stop.max_steps >= 1, "stop.max_steps", "an integer >= 1", stop.max_steps)
     require(stop.tol > 0, "stop.tol", "> 0", stop.tol)
