@@ -79,7 +79,7 @@ class DynamicsMonitor(L.Callback):
 
 
     def _scalars(self, values: dict, pl_module) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        scalars = {name: float(v) for name, v in values.items() if v.dim() == 0}
+        scalars = {name: float(v.detach()) for name, v in values.items() if v.dim() == 0}
         vectors = {name: v.detach() for name, v in values.items() if v.dim() == 1}
         for ratio, name in getattr(getattr(pl_module, "model", None), "ratios", {}).items():
             if ratio not in self.references:
