@@ -17,12 +17,14 @@ from omegaconf import OmegaConf
 
 from shallownet.compare import CompareConfig
 from shallownet.config import OWNED_TRAINER_KEYS, ConfigError, RunConfig, TrainerConfig, load_config, validate_run
+from shallownet.eos import EosConfig
 from shallownet.figure1 import Figure1Config
 from shallownet.sweep.grid import SweepConfig
 from shallownet.training import build, fit, trainer_options
 from tests.conftest import CONFIGS, read_summary
 
-SCHEMAS = {"train": RunConfig, "compare": CompareConfig, "sweep": SweepConfig, "figure1": Figure1Config}
+SCHEMAS = {"train": RunConfig, "compare": CompareConfig, "eos": EosConfig, "sweep": SweepConfig,
+           "figure1": Figure1Config}
 
 
 def flat_keys(node, prefix=""):
