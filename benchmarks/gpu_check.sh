@@ -10,6 +10,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
+export SHALLOWNET_PLUGINS="extensions.deep_linear,extensions.real_models,extensions.balance"  # not pip-installed
 status=0
 step() { echo; echo "=== $*"; "$@" || status=1; }
 
@@ -19,6 +20,7 @@ step python3 -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests
 step python3 -m shallownet train configs/train.yaml train.device=cuda output.root=/tmp/gpu_runs
 step python3 benchmarks/bench_sweep.py --device cuda --skip-end-to-end
 step python3 benchmarks/bench_curvature_gpu.py
+step python3 benchmarks/eos_gpu.py
 # chain sweeps: the fused numba.cuda kernels (shallownet/sweep/cuda_kernels.py) against the CPU kernels
 step python3 -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests/test_chain_sweep.py
 step python3 benchmarks/bench_chain_sweep.py --skip-grid

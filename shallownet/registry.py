@@ -92,8 +92,15 @@ def monitor(name: str) -> Callable | None:
 
 
 def _load_plugins() -> None:
+    """Entry points of installed packages, and the modules named in $SHALLOWNET_PLUGINS (comma-separated;
+    for a source tree on PYTHONPATH that is not pip-installed, or a quick experiment of your own)."""
+    import importlib
+    import os
+
     for entry in entry_points(group=PLUGIN_GROUP):
         entry.load()
+    for name in filter(None, os.environ.get("SHALLOWNET_PLUGINS", "").split(",")):
+        importlib.import_module(name.strip())
 
 
 def _lookup(table: dict, name: str):
