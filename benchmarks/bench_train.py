@@ -1,89 +1,105 @@
-"""Cost per GD step of the Lightning path against a bare PyTorch loop doing the same work.
+"""Cost per GD step of the Lightning path against a bare PyTorch loop doing the same work, side by side.
 
-Both sides take the same GD steps on the same shallow net and compute, at every step, the same
-quantities: loss, eps, lam, Q, Qn, Q_i and the sharpness (the monitor's warm-started Lanczos tracker on
-Hessian-vector products, same tolerance). The Lightning side also writes them to TensorBoard. Then the default
-`shallownet train` is timed end to end (target: under 30 s on 2 cores).
+1. The shallow net, monitors on at every step (loss, eps, lam, Q, Qn, Q_i and the sharpness by the monitor's
+   warm-started tracker) and off.
+2. Real nets on scikit-learn's digits (an MLP and the small ReLU CNN), monitors off: full-batch GD in
+   Lightning against a bare loop (goal: at most 1.1x).
+3. The sharpness monitor on the digits MLP: its cost as a fraction of a training step at cadences 1 and 10,
+   and its HVPs per logged step (goal: at most 5, warm-started).
+4. Chunked gradients: the same full-batch GD with chunk_size rows per backward, against one chunk.
 
-    python benchmarks/bench_train.py [--steps 400]
+    python benchmarks/bench_train.py [--steps 200]
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from shallownet import quantities
-from shallownet.config import RunConfig, load_config
+from shallownet import registry
+from shallownet.config import RunConfig, load_config, validate_run
 from shallownet.curvature import EigenTracker, HessianOperator
-from shallownet.data import regression_points
-from shallownet.model import ScalarLinearNet, initial_vectors
-from shallownet.module import half_mse
-from shallownet.training import fit
-
-REPO = Path(__file__).resolve().parents[1]
+from shallownet.events import read_metrics
+from shallownet.losses import LOSSES
+from shallownet.training import build, run
 
 
-def bare_loop(cfg, monitors: bool) -> float:
-    """Seconds per step of plain PyTorch GD, computing the monitored quantities when asked."""
-    model = ScalarLinearNet(*initial_vectors(cfg.model.width, seed=cfg.model.init.seed))
-    x, y = regression_points(1, cfg.model.phi, 0.0, 0)
-    tracker = EigenTracker(tol=cfg.monitor.sharpness.tol)  # the solver SharpnessMonitor uses, warm-started
+def config(*overrides: str):
+    cfg = load_config(RunConfig, None, ["train.tol=1e-300", "output.progress=false", *overrides])
+    validate_run(cfg)
+    return cfg
+
+
+def lightning(cfg) -> tuple[float, list[float]]:
+    """Seconds per step of `shallownet train`'s path (Lightning, loggers, monitors as configured), and the
+    HVPs of each logged sharpness solve."""
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = run(cfg, Path(tmp), pieces=build(cfg))
+        hvps = read_metrics(tmp).get("curvature/hvp_count", (None, []))[1]
+    assert summary["steps"] == cfg.train.max_steps, summary["status"]
+    return summary["wall_time_s"] / summary["steps"], list(hvps)
+
+
+def bare(cfg, sharpness_every: int = 0) -> float:
+    """Seconds per step of plain PyTorch full-batch GD on the same model and data (and the same tracker)."""
+    kind = registry.model_kind(cfg.model.kind)
+    data = registry.data_kind(cfg.data.kind).load(cfg, getattr(torch, cfg.train.dtype))
+    model, loss_fn = kind.build(cfg, data), LOSSES[cfg.loss or kind.loss]
+    params = [p for p in model.parameters() if p.requires_grad]
+    tracker = EigenTracker(tol=cfg.monitor.sharpness.tol, max_iter=cfg.monitor.sharpness.max_iter)
     lr, steps = cfg.optim.lr, cfg.train.max_steps
     start = time.perf_counter()
-    for _ in range(steps):
-        loss = half_mse(model(x), y)
-        grads = torch.autograd.grad(loss, [model.a, model.b])
+    for step in range(1, steps + 1):
+        grads = torch.autograd.grad(loss_fn(model(data.x), data.y), params)
         with torch.no_grad():
-            model.a -= lr * grads[0]
-            model.b -= lr * grads[1]
-        if monitors:
-            state = quantities.shallow_state(model.a, model.b, cfg.model.phi)
-            with torch.no_grad():
-                state["loss"] = float(half_mse(model(x), y))
-                state["per_unit"] = quantities.imbalance_per_unit(model.a, model.b)
-            operator = HessianOperator(model, half_mse, (x, y))
-            state["sharpness"] = tracker.solve(operator).value
+            for p, g in zip(params, grads, strict=True):
+                p.sub_(lr * g)
+        if sharpness_every and step % sharpness_every == 0:
+            operator = HessianOperator(model, loss_fn, (data.x, data.y))
+            tracker.solve(operator)
             operator.release()
     return (time.perf_counter() - start) / steps
 
 
-def lightning_run(cfg) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = fit(cfg, Path(tmp))
-    assert summary["steps"] == cfg.train.max_steps, summary["status"]
-    return summary["wall_time_s"] / summary["steps"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400)
-    args = parser.parse_args()
-    common = [f"train.max_steps={args.steps}", "train.tol=1e-300", "optim.lr=0.01"]
-    on = load_config(RunConfig, None, [*common, "monitor.every_n_steps=1", "monitor.sharpness.every_n_steps=1"])
-    off = load_config(RunConfig, None, [*common, "monitor.every_n_steps=1000000",
-                                        "monitor.sharpness.every_n_steps=0"])
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead, and both sides get the same
-    lightning_run(on)  # warm-up (imports, first-call overheads)
+    parser.add_argument("--steps", type=int, default=200)
+    steps = parser.parse_args().steps
+    torch.set_num_threads(1)  # both sides alike; small tensors gain nothing from threads here
+    common = [f"train.max_steps={steps}"]
+    quiet = ["monitor.every_n_steps=1000000", "monitor.sharpness.every_n_steps=0"]
+    lightning(config(*common, *quiet))  # warm-up: imports and first-call costs
+
+    print(f"cost per full-batch GD step over {steps} steps (float64, 1 thread)")
+    print(f"{'':44s} {'Lightning':>10s} {'bare loop':>10s} {'ratio':>7s}")
     rows = [
-        ("monitors on, every step", lightning_run(on), bare_loop(on, monitors=True)),
-        ("GD only (monitors off)", lightning_run(off), bare_loop(off, monitors=False)),
+        ("shallow net d=10, monitors on every step",
+         config(*common, "optim.lr=0.01", "monitor.sharpness.every_n_steps=1"), 1),
+        ("shallow net d=10, monitors off", config(*common, "optim.lr=0.01", *quiet), 0),
+        ("digits MLP 64-200-200-10, monitors off", config(*common, "model.kind=mlp", *quiet), 0),
+        ("digits CNN 2x(conv 32 + pool), monitors off", config(*common, "model.kind=cnn", *quiet), 0),
     ]
-    print(f"cost per GD step over {args.steps} steps (width {on.model.width}, float64, 1 thread)")
-    print(f"{'':26s} {'Lightning':>12s} {'bare loop':>12s} {'ratio':>7s}")
-    for name, lit, bare in rows:
-        print(f"{name:26s} {lit * 1e3:9.3f} ms {bare * 1e3:9.3f} ms {lit / bare:6.2f}x")
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "shallownet", "train", str(REPO / "configs" / "train.yaml"),
-                        f"output.root={tmp}"], check=True, capture_output=True)
-        print(f"default `shallownet train` end to end (process start to exit): {time.perf_counter() - start:.1f} s")
+    for name, cfg, every in rows:
+        lit, _ = lightning(cfg)
+        plain = bare(cfg, every)
+        print(f"{name:44s} {lit * 1e3:7.2f} ms {plain * 1e3:7.2f} ms {lit / plain:6.2f}x")
+
+    print("\nsharpness monitor on the digits MLP (tol 1e-6, warm-started Lanczos)")
+    base, _ = lightning(config(*common, "model.kind=mlp", *quiet))
+    for every in (1, 10):
+        cost, hvps = lightning(config(*common, "model.kind=mlp", "monitor.every_n_steps=1000000",
+                                      f"monitor.sharpness.every_n_steps={every}", "monitor.sharpness.tol=1e-6"))
+        warm = hvps[1:]  # the first solve starts cold
+        print(f"  every {every:2d} steps: {cost * 1e3:7.2f} ms per step = {cost / base:5.2f}x a GD step; "
+              f"{len(hvps)} solves, {sum(warm) / len(warm):.1f} HVPs per warm-started solve (first {hvps[0]:.0f})")
+    print("\nchunked gradients on the digits MLP (1500 rows), the same full-batch GD")
+    for chunk in (None, 500, 100):
+        cost, _ = lightning(config(*common, "model.kind=mlp", *quiet, f"train.chunk_size={chunk or 'null'}"))
+        print(f"  chunk_size {chunk or 'none':>4}: {cost * 1e3:7.2f} ms per step = {cost / base:5.2f}x one chunk")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-export SHALLOWNET_PLUGINS="extensions.deep_linear,extensions.real_models,extensions.balance"  # not pip-installed
+export SHALLOWNET_PLUGINS="extensions.deep_linear,extensions.real_models,extensions.balance,extensions.deep_monitor"  # not pip-installed
 status=0
 step() { echo; echo "=== $*"; "$@" || status=1; }
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from shallownet import deep_theory
 from shallownet.callbacks.logging import log_values
+from shallownet.registry import register_monitor
 
 PREFIX = "deep_theory/"
 MAX_DENSE_CHAIN = 512  # the chain's closed-form Hessian is L x L: beyond this the sharpness tag is left out
@@ -50,6 +51,7 @@ def chain_layers(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tenso
     return ([w.detach().to(torch.float64) for w in weights], [g.detach().to(torch.float64) for g in grads])
 
 
+@register_monitor("deep_theory")
 class DeepTheoryMonitor(L.Callback):
     """Logs the tags of the module docstring every `every_n_steps` GD steps (and the chain values at the
     start). `last` holds the values logged last."""

@@ -7,6 +7,7 @@ the flow time for GF), so their curves overlay in one chart.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional  # noqa: UP035 (omegaconf reads typing.List / Optional only)
@@ -84,6 +85,11 @@ def validate_compare(cfg: DictConfig) -> None:
     for key in ("rtol", "atol", "max_time"):
         require(cfg.gf[key] > 0, f"gf.{key}", "> 0", cfg.gf[key])
     require(cfg.time_unit is None or cfg.time_unit > 0, "time_unit", "> 0 or null", cfg.time_unit)
+    one_process = "1 or null: the sub-runs run one after another in one process (shallownet train runs on several)"
+    require(cfg.trainer.devices in (None, 1), "trainer.devices", one_process, cfg.trainer.devices)
+    require(cfg.trainer.num_nodes == 1, "trainer.num_nodes", one_process, cfg.trainer.num_nodes)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    require(world == 1, "trainer.devices", one_process + "; this process was started as one of several", world)
     for lr in sub_runs(cfg):
         validate_run(run_config(cfg, lr))
 

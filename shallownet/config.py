@@ -91,15 +91,16 @@ class SharpnessConfig:
 
 
 @dataclass
-class BalanceConfig:
-    every_n_steps: int = 0  # 0: off; the per-unit balance C_j of ReLU / conv nets (extensions/balance.py)
+class PluginMonitorConfig:
+    every_n_steps: int = 0  # 0: off
 
 
 @dataclass
 class MonitorConfig:
     every_n_steps: int = 1
     sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)
-    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    balance: PluginMonitorConfig = field(default_factory=PluginMonitorConfig)  # extensions/balance.py
+    deep_theory: PluginMonitorConfig = field(default_factory=PluginMonitorConfig)  # extensions/deep_monitor.py
 
 
 @dataclass
@@ -121,6 +122,7 @@ class RunConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
+PLUGIN_MONITORS = ("balance", "deep_theory")  # callbacks from extensions, by registry name
 OWNED_TRAINER_KEYS = {
     "max_steps": "train.max_steps", "max_epochs": "train.max_steps", "precision": "train.dtype",
     "accelerator": "train.device", "logger": "the run folder", "callbacks": "monitor.*",
@@ -474,5 +476,6 @@ def validate_run(cfg: DictConfig) -> None:
     require(s.tol > 0, "monitor.sharpness.tol", "> 0", s.tol)
     require(s.max_iter >= 1, "monitor.sharpness.max_iter", "an integer >= 1", s.max_iter)
     require(s.top_k >= 1, "monitor.sharpness.top_k", "an integer >= 1", s.top_k)
-    require(mon.balance.every_n_steps >= 0, "monitor.balance.every_n_steps", "an integer >= 0 (0: off)",
-            mon.balance.every_n_steps)
+    for name in PLUGIN_MONITORS:
+        every = mon[name].every_n_steps
+        require(every >= 0, f"monitor.{name}.every_n_steps", "an integer >= 0 (0: off)", every)

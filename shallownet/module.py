@@ -4,18 +4,23 @@ Manual optimisation. Each training_step judges the current state with the run's 
 diverged, a budget, an interruption) and, if the run goes on, takes one optimizer step: GD (its gradient
 is computed first, chunked, and also serves the judgement) or a gradient-flow integrator (which calls the
 closure as often as its stages need). The data set lives on the module's device, placed once.
+
+Under Lightning's DDP (several processes) each process keeps one block of the rows (shallownet.distributed)
+and every sum over the data is summed over the processes too, so the run is the one-process run: the
+gradient (chunk weights n_i / N with the global N; DDP's own averaging is bypassed), the losses and counts
+the StopRule and the monitors see, and the stop decision (a stop request on any process stops them all).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import lightning as L
 import torch
 from torch import nn
 
-from shallownet import interrupt
+from shallownet import distributed, interrupt
 from shallownet.flow import FlowIntegrator
 from shallownet.registry import FullBatchData
 from shallownet.stop import StopRule
@@ -51,23 +56,57 @@ class FullBatchModule(L.LightningModule):
         self.model, self.loss_fn, self.make_optimizer, self.rule = model, loss_fn, make_optimizer, rule
         self.convergence, self.chunk_size, self.time_unit = convergence, chunk_size, time_unit
         self.outcome: str | None = None
-        self.data: FullBatchData | None = None
+        self.data: FullBatchData | None = None  # on this module's device: all rows, or this rank's shard
+        self.shard: distributed.Shard | None = None  # which rows, when the data is split over processes
         self.flow: FlowIntegrator | None = None
+        self._source: FullBatchData | None = None  # the whole data set, as given to use_data
+        self._votes: bool = False  # whether some rank asked to stop, from the last gradient's all-reduce
 
     # --- data, placed on the device once ---------------------------------------------------------------
 
     def use_data(self, data: FullBatchData) -> None:
+        self._source, self.shard = data, None
+        self.data = self._placed(data)
+
+    def _placed(self, data: FullBatchData) -> FullBatchData:
         move = {name: getattr(data, name) for name in ("x", "y", "x_test", "y_test")}
         moved = {name: None if t is None else t.to(self.device) for name, t in move.items()}
-        self.data = FullBatchData(**moved, target=data.target)
+        return FullBatchData(**moved, target=data.target)
 
     def on_fit_start(self) -> None:
-        if self.data is None or self.data.x.device != self.device:
-            self.use_data(self.trainer.datamodule.data)
+        world = self.trainer.world_size
+        if world > 1:  # DDP: this rank's block of the rows, the rest never reaches its device
+            distributed.check_trainer(self.trainer)
+            source = self._source if self._source is not None else self.trainer.datamodule.data
+            from shallownet.curvature.operators import batch_statistics_module
+
+            found = batch_statistics_module(self.model)
+            if found is not None:
+                raise ValueError(f"{type(found[1]).__name__} {found[0]!r} normalises with the statistics of its "
+                                 "batch, which under DDP would be each process's shard: not the full-batch loss")
+            part, self.shard = distributed.shard(source, self.trainer.global_rank, world)
+            self.data = self._placed(part)
+        elif self.data is None or self.data.x.device != self.device or self.shard is not None:
+            self.use_data(self._source if self._source is not None else self.trainer.datamodule.data)
 
     def curvature_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The full batch on this module's device: what the curvature monitors differentiate."""
+        """The full batch on this module's device (under DDP: this rank's shard, see curvature_share)."""
         return self.data.x, self.data.y
+
+    def curvature_share(self) -> tuple[int, int] | None:
+        """(rows here, rows in all) when curvature_data() is this rank's shard of data split over processes;
+        None when it is the whole data set."""
+        return None if self.shard is None else (self.shard.rows, self.shard.total)
+
+    def _sum_over_ranks(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each tensor summed over the ranks (one all-reduce) when the data is sharded; else as they are."""
+        return tensors if self.shard is None else distributed.all_reduce_sum(tensors)
+
+    def _total(self, test: bool = False) -> int:
+        """The rows of the training (test) set over all ranks: the denominator of the chunk weights."""
+        if self.shard is None:
+            return len(self.data.x_test if test else self.data.x)
+        return self.shard.test_total if test else self.shard.total
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -81,61 +120,108 @@ class FullBatchModule(L.LightningModule):
 
     # --- losses and quantities -------------------------------------------------------------------------
 
-    def _chunks(self, x: torch.Tensor, y: torch.Tensor):
-        size = self.chunk_size or len(x)
+    def _chunks(self, x: torch.Tensor, y: torch.Tensor, total: int | None = None):
+        """(x, y, weight) chunks of at most chunk_size rows; weight = rows / total (default total: len(x))."""
+        size, total = self.chunk_size or max(len(x), 1), total or len(x)
         for start in range(0, len(x), size):
-            yield x[start:start + size], y[start:start + size], min(size, len(x) - start) / len(x)
+            yield x[start:start + size], y[start:start + size], min(size, len(x) - start) / total
+
+    def _local_loss(self, x: torch.Tensor, y: torch.Tensor, total: int) -> torch.Tensor:
+        """sum_i w_i loss(chunk i) over the rows given (a rank's shard may hold no test rows: 0)."""
+        with torch.no_grad():
+            loss = sum(self.loss_fn(self.model(xc), yc) * w for xc, yc, w in self._chunks(x, y, total))
+        if isinstance(loss, torch.Tensor):
+            return loss
+        return torch.zeros((), dtype=next(self.model.parameters()).dtype, device=self.device)
 
     def full_batch_loss(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The mean loss over all rows (chunked), without a graph."""
-        x, y = (self.data.x, self.data.y) if x is None else (x, y)
-        with torch.no_grad():
-            return sum(self.loss_fn(self.model(xc), yc) * w for xc, yc, w in self._chunks(x, y))
+        """The mean loss over all rows (chunked), without a graph: of the training set (over all ranks under
+        DDP), or of the rows (x, y) given."""
+        if x is not None:
+            return self._local_loss(x, y, len(x))
+        (loss,) = self._sum_over_ranks([self._local_loss(self.data.x, self.data.y, self._total())])
+        return loss
+
+    def _no_gradient_sync(self):
+        """DDP's reducer left out of the backward passes: it would average each backward's gradients over
+        the ranks (once per chunk, and with a mismatched number of chunks per rank, hang); the module sums
+        them itself, with the right weights."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        trainer = getattr(self, "_trainer", None)
+        wrapper = None if trainer is None else trainer.strategy.model
+        return wrapper.no_sync() if isinstance(wrapper, DistributedDataParallel) else nullcontext()
 
     def compute_gradient(self) -> torch.Tensor:
-        """Zero the gradients, then accumulate the full-batch gradient chunk by chunk; returns the loss."""
+        """Zero the gradients, then accumulate the full-batch gradient chunk by chunk; returns the loss.
+
+        Under DDP each rank accumulates its shard's part (weights n_i / N, N global) and one all-reduce sums
+        the gradients, the loss and the ranks' stop requests."""
         for p in self.model.parameters():
             p.grad = None
         total = torch.zeros((), dtype=self.data.x.dtype, device=self.device)
-        for x, y, weight in self._chunks(self.data.x, self.data.y):
-            loss = self.loss_fn(self.model(x), y) * weight
-            self.manual_backward(loss)
-            total = total + loss.detach()
+        with self._no_gradient_sync():
+            for x, y, weight in self._chunks(self.data.x, self.data.y, self._total()):
+                loss = self.loss_fn(self.model(x), y) * weight
+                self.manual_backward(loss)
+                total = total + loss.detach()
+        if self.shard is not None:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            stop = torch.tensor(float(interrupt.requested() is not None), dtype=total.dtype, device=self.device)
+            *grads, total, stop = distributed.all_reduce_sum([*(p.grad for p in params), total, stop])
+            for p, g in zip(params, grads, strict=True):
+                p.grad.copy_(g)
+            self._votes = bool(stop > 0)
         return total
 
     def quantities(self) -> dict[str, torch.Tensor]:
         """What the model knows (its quantities()), plus the loss; without them: loss, squared parameter
-        norm and gradient norm. Classification data adds accuracy (and test loss / accuracy)."""
+        norm and gradient norm. Classification data adds accuracy (and test loss / accuracy). Under DDP the
+        sums over the data are summed over the ranks, all in one all-reduce."""
         with measuring(self.model):
-            values = {"loss": self.full_batch_loss()}
-            known = getattr(self.model, "quantities", None)
-            if callable(known):
-                values.update(known())
-            else:
-                values["norm"] = self._squared_norm()
-                values["grad_norm"] = self._gradient_norm()
             data = self.data
+            local = {"loss": self._local_loss(data.x, data.y, self._total())}
+            known = getattr(self.model, "quantities", None)
+            values = dict(known()) if callable(known) else {"norm": self._squared_norm()}
+            grads = [] if callable(known) else self._local_gradient()
             if not data.y.is_floating_point():
                 with torch.no_grad():
-                    values["accuracy"] = self._accuracy(data.x, data.y)
+                    local["hits"] = self._hits(data.x, data.y)
                     if data.x_test is not None:
-                        values["test_loss"] = self.full_batch_loss(data.x_test, data.y_test)
-                        values["test_accuracy"] = self._accuracy(data.x_test, data.y_test)
-        return values
+                        local["test_loss"] = self._local_loss(data.x_test, data.y_test, self._total(test=True))
+                        local["test_hits"] = self._hits(data.x_test, data.y_test)
+            reduced = self._sum_over_ranks([*local.values(), *grads])
+            local, grads = dict(zip(local, reduced[:len(local)], strict=True)), reduced[len(local):]
+        result = {"loss": local["loss"], **values}
+        if not callable(known):
+            result["grad_norm"] = torch.sqrt(sum(g.square().sum() for g in grads))
+        if "hits" in local:
+            result["accuracy"] = local["hits"].to(data.x.dtype) / self._total()
+            if "test_hits" in local:
+                result["test_loss"] = local["test_loss"]
+                result["test_accuracy"] = local["test_hits"].to(data.x.dtype) / self._total(test=True)
+        return result
 
-    def _accuracy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _hits(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """How many rows the model classifies right (an integer tensor)."""
         hits = sum((self.model(xc).argmax(dim=-1) == yc).sum() for xc, yc, _ in self._chunks(x, y))
-        return hits.to(x.dtype) / len(y)
+        return torch.as_tensor(hits, device=self.device)
 
     def _squared_norm(self) -> torch.Tensor:
         with torch.no_grad():
             return sum(p.square().sum() for p in self.model.parameters())
 
-    def _gradient_norm(self) -> torch.Tensor:
+    def _local_gradient(self) -> list[torch.Tensor]:
+        """This rank's part of the full-batch gradient (all of it on one process), by autograd.grad: no .grad
+        is touched."""
         with torch.enable_grad(), torch.inference_mode(False):
             params = [p for p in self.model.parameters() if p.requires_grad]
-            total = sum(self.loss_fn(self.model(x), y) * w for x, y, w in self._chunks(self.data.x, self.data.y))
-            grads = torch.autograd.grad(total, params)
+            total = sum(self.loss_fn(self.model(x), y) * w
+                        for x, y, w in self._chunks(self.data.x, self.data.y, self._total()))
+            return list(torch.autograd.grad(total, params))
+
+    def _gradient_norm(self) -> torch.Tensor:
+        grads = self._sum_over_ranks(self._local_gradient())
         return torch.sqrt(sum(g.square().sum() for g in grads))
 
     # --- judging and stepping --------------------------------------------------------------------------
@@ -163,7 +249,18 @@ class FullBatchModule(L.LightningModule):
                 error = float(torch.sqrt(sum(p.grad.square().sum() for p in self.model.parameters()))
                               if have_gradient else self._gradient_norm())
         return self.rule.judge(error, float(self._squared_norm()), self.trainer.global_step, self.flow_time,
-                               interrupted=interrupt.requested() is not None)
+                               interrupted=self._stop_requested(counted=have_gradient))
+
+    def _stop_requested(self, counted: bool = False) -> bool:
+        """A stop request (SIGINT / SIGTERM) here or, under DDP, on any rank, so that all stop at the same step
+        (counted: the requests were summed with the gradient just computed)."""
+        if self.shard is None:
+            return interrupt.requested() is not None
+        if counted:
+            return self._votes
+        mine = torch.tensor(float(interrupt.requested() is not None), dtype=torch.float64, device=self.device)
+        (votes,) = distributed.all_reduce_sum([mine])
+        return bool(votes > 0)
 
     def training_step(self, batch, batch_idx):
         optimizer = self.optimizers()

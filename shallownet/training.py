@@ -24,12 +24,15 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from shallownet import registry
+from shallownet import distributed, registry
 from shallownet.callbacks.dynamics import DynamicsMonitor
 from shallownet.callbacks.run import PeriodicCheckpoint, RunRecorder, StopOnSignal, save_checkpoint
 from shallownet.callbacks.sharpness import SharpnessMonitor
+from shallownet.config import PLUGIN_MONITORS
 from shallownet.data import FullBatchDataModule
 from shallownet.flow import DormandPrince
 from shallownet.losses import LOSSES
@@ -51,19 +54,26 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def fit(module: L.LightningModule, datamodule: L.LightningDataModule, *, max_steps: int,
-        callbacks: Sequence[L.Callback] = (), loggers: Sequence = (), trainer_options: dict | None = None,
-        ckpt_path: str | Path | None = None, progress: bool = False) -> L.Trainer:
-    """Train `module` for at most max_steps optimizer steps (it may stop itself earlier)."""
+def make_trainer(*, max_steps: int, callbacks: Sequence[L.Callback] = (), loggers: Sequence = (),
+                 trainer_options: dict | None = None, progress: bool = False) -> L.Trainer:
+    """The Trainer of a full-batch run: at most max_steps optimizer steps, no validation, no throttling."""
     callbacks = list(callbacks)
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, max_steps // 100)))
-    trainer = L.Trainer(
+    return L.Trainer(
         max_steps=max_steps, max_epochs=-1, logger=list(loggers) or False, callbacks=callbacks,
         enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks), enable_model_summary=False,
         enable_progress_bar=progress,
         num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1, **(trainer_options or {}),
     )
+
+
+def fit(module: L.LightningModule, datamodule: L.LightningDataModule, *, max_steps: int,
+        callbacks: Sequence[L.Callback] = (), loggers: Sequence = (), trainer_options: dict | None = None,
+        ckpt_path: str | Path | None = None, progress: bool = False) -> L.Trainer:
+    """Train `module` for at most max_steps optimizer steps (it may stop itself earlier)."""
+    trainer = make_trainer(max_steps=max_steps, callbacks=callbacks, loggers=loggers,
+                           trainer_options=trainer_options, progress=progress)
     trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
     return trainer
 
@@ -88,6 +98,7 @@ def build(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> Pieces
     model = model_kind.build(cfg, data)
     t, optim = cfg.train, cfg.optim
     _check_batch_statistics(model, t.chunk_size, len(data.x))
+    _check_distributed(cfg, model, len(data.x))
     rule = StopRule(t.tol, t.divergence_norm, t.max_steps, float("inf") if t.max_time is None else t.max_time)
     if optim.method == "gd":
         make_optimizer = functools.partial(GradientDescent, lr=optim.lr)
@@ -102,8 +113,8 @@ def build(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> Pieces
     sharpness = SharpnessMonitor(every_n_steps=s.every_n_steps, tol=s.tol, max_iter=s.max_iter, top_k=s.top_k,
                                  chunk_size=t.chunk_size) if s.every_n_steps else None
     recorder = RunRecorder(flat_hparams(cfg), dynamics, sharpness)
-    balance = cfg.monitor.balance.every_n_steps
-    extra = [registry.monitor("balance")(every_n_steps=balance)] if balance else []
+    extra = [registry.monitor(name)(every_n_steps=cfg.monitor[name].every_n_steps)
+             for name in PLUGIN_MONITORS if cfg.monitor[name].every_n_steps]
     callbacks = [dynamics, *([sharpness] if sharpness else []), *extra, *extra_callbacks, recorder]
     return Pieces(module, FullBatchDataModule(data, t.max_steps), dynamics, sharpness, recorder, callbacks)
 
@@ -120,6 +131,44 @@ def _check_batch_statistics(model, chunk_size: int | None, rows: int) -> None:
                           "batch statistics are full-batch statistics, which chunks would change")
 
 
+def planned_processes(cfg: DictConfig) -> int:
+    """How many processes the Trainer of this config runs: devices x nodes."""
+    options = trainer_options(cfg)
+    devices = options["devices"]
+    return (len(devices) if isinstance(devices, list) else int(devices)) * options["num_nodes"]
+
+
+def _check_distributed(cfg: DictConfig, model, rows: int) -> None:
+    """What Lightning's DDP can run exactly here (shallownet.distributed), refused before anything is written."""
+    from shallownet.config import ConfigError
+    from shallownet.curvature.operators import batch_statistics_module
+
+    tr = cfg.trainer
+    if tr.strategy not in distributed.STRATEGIES:
+        raise ConfigError(f"config key 'trainer.strategy' must be one of {', '.join(distributed.STRATEGIES)}, got "
+                          f"{tr.strategy!r}: full-batch runs split the data over DDP processes started as scripts "
+                          "(torchrun, srun or Lightning's own launcher)")
+    environment = distributed.external_environment()
+    if tr.num_nodes > 1 and environment is None:
+        raise ConfigError(f"config key 'trainer.num_nodes' is {tr.num_nodes}: start runs on several nodes with "
+                          "torchrun or srun (Lightning's own launcher starts the processes of one node)")
+    world = planned_processes(cfg)
+    if environment is not None and environment.world_size() != world:
+        raise ConfigError(f"config key 'trainer.devices': the launcher started {environment.world_size()} processes "
+                          f"but trainer.devices x trainer.num_nodes (with train.device={cfg.train.device}) make "
+                          f"{world}; leave trainer.devices null or match them")
+    if world == 1:
+        return
+    found = batch_statistics_module(model)
+    if found is not None:
+        raise ConfigError(f"a net with BatchNorm ({found[0]}) cannot run on {world} processes: each would normalise "
+                          "with the statistics of its own shard, not of the full batch; use one process (trainer."
+                          "devices=1) or a net without BatchNorm")
+    if rows < world:
+        raise ConfigError(f"the data has {rows} training rows, fewer than the {world} processes: every process "
+                          "needs at least one (fewer trainer.devices)")
+
+
 def cfg_time_unit(cfg: DictConfig) -> float | None:
     """The x-axis unit: train.time_unit if set; else GD logs at its step k and a flow at round(t / optim.lr)
     (so it overlays GD at that step size)."""
@@ -129,13 +178,22 @@ def cfg_time_unit(cfg: DictConfig) -> float | None:
 
 
 def trainer_options(cfg: DictConfig) -> dict:
+    """The Trainer's arguments from the config. Under torchrun or srun with several processes, a
+    trainer.devices left null, trainer.num_nodes 1 and strategy auto are taken from the launcher (processes
+    per node, nodes, ddp), so `torchrun --nproc_per_node=N ... shallownet train` needs no trainer keys."""
     device, tr = cfg.train.device, cfg.trainer
     index = device.partition(":")[2]
+    devices, num_nodes, strategy = tr.devices, tr.num_nodes, tr.strategy
+    layout = distributed.launched_layout() if distributed.external_environment() is not None else None
+    if layout is not None and not index:
+        devices = devices or layout[0]
+        num_nodes = layout[1] if num_nodes == 1 else num_nodes
+        strategy = "ddp" if strategy == "auto" else strategy
     options = {
         "accelerator": "cpu" if device == "cpu" else "gpu",
-        "devices": [int(index)] if index else (tr.devices or 1),
+        "devices": [int(index)] if index else (devices or 1),
         "precision": "64-true" if cfg.train.dtype == "float64" else "32-true",
-        "num_nodes": tr.num_nodes, "strategy": tr.strategy, "detect_anomaly": tr.detect_anomaly,
+        "num_nodes": num_nodes, "strategy": strategy, "detect_anomaly": tr.detect_anomaly,
     }
     options.update({key: tr[key] for key in ("deterministic", "benchmark") if tr[key] is not None})
     return options
@@ -143,11 +201,12 @@ def trainer_options(cfg: DictConfig) -> dict:
 
 class RunTensorBoardLogger(TensorBoardLogger):
     """The run folder is the log folder; the config lives in config.yaml and the hparams entry is written
-    by RunRecorder, so no hparams.yaml."""
+    by RunRecorder, so no hparams.yaml. Writes on global rank 0 only, like every Lightning logger."""
 
     def log_hyperparams(self, params, metrics=None, step=None) -> None:
         pass
 
+    @rank_zero_only
     def save(self) -> None:
         self.experiment.flush()
 
@@ -165,6 +224,7 @@ class RunCSVLogger(CSVLogger):
     """metrics.csv: every scalar at full float64 precision (TensorBoard stores float32)."""
 
     @property
+    @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
@@ -186,6 +246,9 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Callback] = 
     pieces: already built from cfg (the CLI builds them before it creates the run folder, so a data file
     that cannot be read writes nothing). resume: continue from run_dir/last.ckpt (the logs past the
     checkpoint's step are cut off first, so each step is logged once).
+
+    Under DDP every rank calls this with the same run_dir (shallownet.distributed.run_folder); only global
+    rank 0 writes to it. Processes that Lightning's own launcher starts find run_dir in their environment.
     """
     from shallownet.run_folder import truncate_logs
 
@@ -193,14 +256,14 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Callback] = 
     checkpoint = run_dir / CHECKPOINT
     callbacks = [*pieces.callbacks, PeriodicCheckpoint(checkpoint, cfg.train.checkpoint_every_n_steps),
                  StopOnSignal()]
-    ckpt_path = None
-    if resume:
-        ckpt_path = checkpoint
+    trainer = make_trainer(max_steps=cfg.train.max_steps, callbacks=callbacks, loggers=run_loggers(run_dir),
+                           trainer_options=trainer_options(cfg), progress=cfg.output.progress and sys.stderr.isatty())
+    distributed.check_trainer(trainer)
+    if resume and trainer.is_global_zero:
         truncate_logs(run_dir, torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"])
     start = time.perf_counter()
-    trainer = fit(pieces.module, pieces.datamodule, max_steps=cfg.train.max_steps, callbacks=callbacks,
-                  loggers=run_loggers(run_dir), trainer_options=trainer_options(cfg), ckpt_path=ckpt_path,
-                  progress=cfg.output.progress and sys.stderr.isatty())
+    with distributed.children_find(run_dir, trainer):
+        trainer.fit(pieces.module, datamodule=pieces.datamodule, ckpt_path=str(checkpoint) if resume else None)
     wall = time.perf_counter() - start
     save_checkpoint(trainer, checkpoint)
     return summarise(cfg, pieces, trainer, wall)

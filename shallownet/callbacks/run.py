@@ -40,8 +40,8 @@ class RunRecorder(L.Callback):
         current = last.get("step") == log_step(trainer, pl_module)
         self.final["sharpness"] = last.get("sharpness") if current else None
         writer = find_writer(trainer)
-        if writer is not None:  # before Lightning finalizes the logger, so one events file
-            self._write_hparams(writer, trainer.global_step)
+        if writer is not None and trainer.is_global_zero:  # before Lightning finalizes the logger: one events
+            self._write_hparams(writer, trainer.global_step)  # file (the other ranks' writer is a stand-in)
 
     def _write_hparams(self, writer, steps: int) -> None:
         from torch.utils.tensorboard.summary import hparams
@@ -85,7 +85,10 @@ class PeriodicCheckpoint(L.Callback):
 
 
 def save_checkpoint(trainer: L.Trainer, path: Path) -> None:
-    """The logs are flushed first: whatever a checkpoint holds, the logs hold too (a resume cuts them there)."""
+    """The logs are flushed first: whatever a checkpoint holds, the logs hold too (a resume cuts them there).
+
+    Every rank calls it (Lightning gathers the state and waits for all); only global rank 0 writes the file,
+    so only there is it renamed into place."""
     for logger in trainer.loggers:
         logger.save()
     partial = path.with_name(path.name + ".partial")

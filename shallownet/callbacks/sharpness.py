@@ -6,6 +6,14 @@ The model is the LightningModule itself (its trainable parameters). Data: `data=
 Hessian is never formed. The operator is built once per fit, at its first solve. Values go through the
 logger API (every logger, and trainer.callback_metrics, so ModelCheckpoint / EarlyStopping can monitor
 curvature/sharpness); the custom-scalars chart is added when a TensorBoard logger is present.
+
+Under DDP, a module whose curvature_data() is this rank's shard of the data says so with
+`curvature_share() -> (rows here, rows in all)` (FullBatchModule does): each product is then taken on the
+unwrapped module over the shard and summed over the ranks with one all-reduce
+(shallownet.distributed.ShardedHessianOperator; never a double backward through the DDP wrapper), and
+every rank runs the same warm-started solver on the same products, so all log-worthy values agree (checked
+at every solve). Data passed to the monitor, or a module without curvature_share(), is taken as the whole
+data set on every rank: each rank then solves on all of it.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from shallownet.callbacks.logging import log_values
 from shallownet.callbacks.tensorboard import find_writer, log_step
 from shallownet.curvature import EigenResult, EigenTracker, HessianOperator
 from shallownet.curvature.operators import LossFn, full_precision
+from shallownet.distributed import ShardedHessianOperator
 
 SHARPNESS = "curvature/sharpness"
 STABILITY_THRESHOLD = "curvature/stability_threshold"
@@ -60,7 +69,7 @@ class SharpnessMonitor(Callback):
         self.first: dict = {}
         self.last: dict = {}
         self.history: list[tuple[int, float]] = []
-        self._operator: HessianOperator | None = None
+        self._operator: HessianOperator | ShardedHessianOperator | None = None
         self._logged_step: int | None = None
 
     # --- hooks ------------------------------------------------------------------------------------------
@@ -105,13 +114,22 @@ class SharpnessMonitor(Callback):
         with full_precision():  # also under no_grad / inference_mode: the solver's vectors must be normal
             result = self.tracker.solve(op)
         op.release()  # no activations held between logged steps
+        if isinstance(op, ShardedHessianOperator):
+            op.check_agreement(result.value, result.n_hvp)
         return result
 
-    def _operator_for(self, pl_module: L.LightningModule) -> HessianOperator:
+    def _operator_for(self, pl_module: L.LightningModule) -> HessianOperator | ShardedHessianOperator:
         if self._operator is None or self._operator.model is not pl_module:
-            data = self.data if self.data is not None else pl_module.curvature_data()
+            share = None
+            if self.data is not None:
+                data = self.data
+            else:
+                data = pl_module.curvature_data()
+                shared = getattr(pl_module, "curvature_share", None)
+                share = shared() if callable(shared) else None
             loss_fn = self.loss_fn if self.loss_fn is not None else pl_module.loss_fn
-            self._operator = HessianOperator(pl_module, loss_fn, data, chunk_size=self.chunk_size)
+            op = HessianOperator(pl_module, loss_fn, data, chunk_size=self.chunk_size)
+            self._operator = op if share is None else ShardedHessianOperator(op, *share)
         return self._operator
 
     def _log_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

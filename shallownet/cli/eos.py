@@ -18,7 +18,7 @@ def run(config_path: str | None, overrides: list[str]) -> int:
     from shallownet import interrupt
     from shallownet.cli import exit_status
     from shallownet.compare import compare, format_table, run_name
-    from shallownet.eos import eos_figure, hovering
+    from shallownet.eos import NEAR, eos_figure, gd_steps, hovering
     from shallownet.events import read_metrics
     from shallownet.plots import save_figure
     from shallownet.training import quiet_lightning
@@ -30,8 +30,8 @@ def run(config_path: str | None, overrides: list[str]) -> int:
     for row in result["rows"]:
         if row["eta"] is not None:
             steps, sharpness = read_metrics(run_dir / run_name(row["eta"]))["curvature/sharpness"]
-            row["hovering"] = hovering(steps, sharpness, row["eta"])
-    save_figure(eos_figure(run_dir, list(cfg.gd.lrs)), run_dir / "eos.png", dpi=120)
+            row["hovering"] = hovering(gd_steps(steps, row["eta"], result["time_unit"]), sharpness, row["eta"])
+    save_figure(eos_figure(run_dir, list(cfg.gd.lrs), result["time_unit"]), run_dir / "eos.png", dpi=120)
     status = "interrupted" if any(row["outcome"] == "interrupted" for row in result["rows"]) else "done"
     result.update(status=status, provenance=provenance(), figure="eos.png")
     write_json(run_dir / "summary.json", result)
@@ -39,7 +39,7 @@ def run(config_path: str | None, overrides: list[str]) -> int:
     for row in result["rows"]:
         hover = row.get("hovering")
         if hover and hover["reached_at"] is not None:
-            print(f"{row['run']}: S reached 2/eta at step {hover['reached_at']}; since then eta*S/2 = "
+            print(f"{row['run']}: S reached {NEAR:g} x 2/eta at step {hover['reached_at']}; since then eta*S/2 = "
                   f"{hover['median']:.3f} (median; range {hover['min']:.3f} - {hover['max']:.3f})")
         elif hover:
             print(f"{row['run']}: S stayed below 2/eta (at most {hover['max_before']:.3f} of it)")

@@ -2,11 +2,16 @@
 
 `train.resume=<run folder>` continues a stopped run in its folder from last.ckpt, with the folder's
 config.yaml (only train.max_steps and output.progress may be changed).
+
+Under DDP (torchrun / srun: every rank runs this command; Lightning's launcher: trainer.devices=N
+trainer.strategy=ddp, and Lightning runs it again for ranks 1..N-1) only global rank 0 creates or
+rewrites the run folder, writes summary.json and prints; see shallownet.distributed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -50,19 +55,30 @@ def load(config_path: str | None, overrides: list[str]):
 def run(config_path: str | None, overrides: list[str]) -> int:
     cfg, resume_dir = load(config_path, overrides)
     check_output(cfg.output)
-    from shallownet import interrupt, training  # heavy imports only once the input is known good
+    from shallownet import distributed, interrupt, training  # heavy imports only once the input is known good
     from shallownet.cli import exit_status
 
     training.quiet_lightning()
     pieces = training.build(cfg)  # reads the data and builds the model: their errors come before the folder
     interrupt.install()
-    if resume_dir is None:
-        run_dir = start_run(cfg)
-    else:
-        run_dir = resume_dir
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    summary = training.run(cfg, run_dir, resume=resume_dir is not None, pieces=pieces)
-    summary["provenance"] = provenance()
-    write_json(run_dir / SUMMARY_FILE, summary)
-    print(training.describe(summary, run_dir, cfg.output.root))
+    with distributed.process_group(cfg.train.device):  # under torchrun / srun: rank 0 tells the folder
+        main = distributed.is_main_process()
+        if resume_dir is None:
+            run_dir = distributed.run_folder(lambda: start_run(cfg))
+        else:
+            run_dir = resume_dir
+            if main:
+                _replace_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        summary = training.run(cfg, run_dir, resume=resume_dir is not None, pieces=pieces)
+    if main:
+        summary["provenance"] = provenance()
+        write_json(run_dir / SUMMARY_FILE, summary)
+        print(training.describe(summary, run_dir, cfg.output.root))
     return exit_status(summary["status"])
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write aside, then rename: other ranks reading the file meanwhile see the old or the new one, whole."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
