@@ -25,7 +25,7 @@ from shallownet.config import RunConfig, load_config, validate_run
 from shallownet.curvature import EigenTracker, HessianOperator
 from shallownet.events import read_metrics
 from shallownet.losses import LOSSES
-from shallownet.training import build, run
+from shallownet.training import build, quiet_lightning, run
 
 
 def config(*overrides: str):
@@ -70,9 +70,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     steps = parser.parse_args().steps
     torch.set_num_threads(1)  # both sides alike; small tensors gain nothing from threads here
+    quiet_lightning()
     common = [f"train.max_steps={steps}"]
     quiet = ["monitor.every_n_steps=1000000", "monitor.sharpness.every_n_steps=0"]
-    lightning(config(*common, *quiet))  # warm-up: imports and first-call costs
+    lightning(config(*common, "optim.lr=0.01", *quiet))  # warm-up: imports and first-call costs
 
     print(f"cost per full-batch GD step over {steps} steps (float64, 1 thread)")
     print(f"{'':44s} {'Lightning':>10s} {'bare loop':>10s} {'ratio':>7s}")

@@ -50,6 +50,17 @@ class StopRule:
 
     def judge(self, error: float, norm: float, steps: int = 0, time: float = 0.0,
               interrupted: bool = False) -> str | None:
-        """The outcome of one state, or None while the run goes on."""
-        code = int(self.classify(error, norm, steps, time, interrupted))
-        return None if code == GO_ON else OUTCOMES[code]
+        """The outcome of one state, or None while the run goes on: classify's table for one state, in
+        plain Python (it runs before every step; tests/test_stop.py checks that the two agree)."""
+        error = abs(error)
+        if not (math.isfinite(error) and math.isfinite(norm)):
+            return DIVERGED
+        if error <= self.tol:
+            return CONVERGED
+        if not norm <= self.divergence_norm:
+            return DIVERGED
+        if time >= self.max_time:
+            return MAX_TIME
+        if steps >= self.max_steps:
+            return MAX_STEPS
+        return INTERRUPTED if interrupted else None

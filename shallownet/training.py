@@ -74,7 +74,8 @@ def fit(module: L.LightningModule, datamodule: L.LightningDataModule, *, max_ste
     """Train `module` for at most max_steps optimizer steps (it may stop itself earlier)."""
     trainer = make_trainer(max_steps=max_steps, callbacks=callbacks, loggers=loggers,
                            trainer_options=trainer_options, progress=progress)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path),
+                weights_only=True)  # a checkpoint is data: never unpickle code from a user path
     return trainer
 
 
@@ -263,7 +264,8 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Callback] = 
         truncate_logs(run_dir, torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"])
     start = time.perf_counter()
     with distributed.children_find(run_dir, trainer):
-        trainer.fit(pieces.module, datamodule=pieces.datamodule, ckpt_path=str(checkpoint) if resume else None)
+        trainer.fit(pieces.module, datamodule=pieces.datamodule, ckpt_path=str(checkpoint) if resume else None,
+                    weights_only=True)  # a checkpoint is data: never unpickle code from a user path
     wall = time.perf_counter() - start
     save_checkpoint(trainer, checkpoint)
     return summarise(cfg, pieces, trainer, wall)

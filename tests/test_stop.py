@@ -49,6 +49,16 @@ def test_rule_table_and_precedence():
     assert [OUTCOMES[c] for c in codes] == [CONVERGED, DIVERGED, DIVERGED, MAX_STEPS]
 
 
+def test_the_scalar_and_the_vectorised_forms_of_the_rule_agree():
+    rule = StopRule(TOL, 1e12, 10, max_time=5.0)
+    values = [0.0, TOL, np.nextafter(TOL, 1), -TOL, 1.0, -1.0, 1e13, math.inf, -math.inf, math.nan]
+    cases = [(e, n, s, t, i) for e in values for n in values if not n < 0 for s in (3, 10) for t in (0.0, 5.0)
+             for i in (False, True)]
+    codes = rule.classify(*map(np.array, zip(*cases, strict=True)))
+    for case, code in zip(cases, codes, strict=True):
+        assert rule.judge(*case) == (None if code == -1 else OUTCOMES[code]), case
+
+
 def lightning_outcome(a: float, b: float) -> tuple[str, int]:
     net = ScalarLinearNet(torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64))
     module = FullBatchModule(net, half_mse, lambda p: GradientDescent(p, lr=ETA), RULE, convergence="residual")
