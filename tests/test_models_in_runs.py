@@ -18,7 +18,7 @@ SMALL = {  # a few-second run of each registered kind
     "deep_linear": ["model.hidden=[5,3]", "data.n_samples=40", "optim.lr=0.02"],
     "mlp": ["model.widths=[16]", "data.n_train=200", "data.n_test=50", "optim.lr=0.5"],
     "cnn": ["model.channels=[4,4]", "data.n_train=100", "data.n_test=50", "optim.lr=0.5"],
-    "vgg": ["model.channels=[4,8]", "model.hidden=16", "model.batch_norm=true", "data.n_train=100",
+    "vgg": ["model.channels=[2,4]", "model.hidden=8", "model.batch_norm=true", "data.n_train=60",
             "data.n_test=50", "optim.lr=0.2"],
 }
 
