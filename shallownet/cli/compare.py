@@ -10,7 +10,12 @@ SUMMARY = "GD (several step sizes) vs gradient flow from one init, with theory's
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
-    cfg = load_config(CompareConfig, config_path, overrides)
+    return execute(load_config(CompareConfig, config_path, overrides))
+
+
+def execute(cfg, report=None) -> int:
+    """Check cfg, run the comparison in a new run folder and print its table; `report(cfg, run_dir,
+    result)` adds to the result (and prints) before summary.json is written (shallownet eos)."""
     validate_compare(cfg)
     check_output(cfg.output)
     from shallownet import interrupt
@@ -24,8 +29,10 @@ def run(config_path: str | None, overrides: list[str]) -> int:
     result = compare(cfg, run_dir)
     status = "interrupted" if any(row["outcome"] == "interrupted" for row in result["rows"]) else "done"
     result.update(status=status, provenance=provenance())
-    write_json(run_dir / "summary.json", result)
     print(format_table(result))
+    if report is not None:
+        report(cfg, run_dir, result)
+    write_json(run_dir / "summary.json", result)
     print(f"\nrun folder: {run_dir} (sub-runs {', '.join(row['run'] for row in result['rows'])})")
     print(f"view it: tensorboard --logdir {run_dir}")
     return exit_status(status)

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from shallownet import deep_theory
-from shallownet.sweep.engine import CONVERGED, DIVERGED, MAX_STEPS, OUTCOMES, Runs
+from shallownet.sweep.engine import CONVERGED, DIVERGED, MAX_STEPS, OUTCOMES, Runs, StepScaleGrid
 
 CHAIN_BACKENDS = ("numba", "torch", "cuda")
 CHAIN_INIT_SCHEMES = ("imbalanced", "random", "balanced")
@@ -69,7 +69,7 @@ def chain_initial_weights(scale, depth: int, scheme: str = "imbalanced", imbalan
 
 
 @dataclass(frozen=True)
-class ChainGrid:
+class ChainGrid(StepScaleGrid):
     """The runs of a chain sweep: run (i, j) has step eta[i] and starts from w0[j] (of scale[j]).
 
     Runs are numbered row-major, flat index i * len(scale) + j (as the shallow sweep's Grid).
@@ -86,19 +86,6 @@ class ChainGrid:
     @property
     def depth(self) -> int:
         return self.w0.shape[1]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.eta.size, self.scale.size
-
-    @property
-    def size(self) -> int:
-        return self.eta.size * self.scale.size
-
-    def runs(self, flat: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(eta, init_index) of the runs with the given flat indices (default: all, in order)."""
-        flat = np.arange(self.size) if flat is None else np.asarray(flat)
-        return self.eta[flat // self.scale.size], flat % self.scale.size
 
 
 def chain_grid(eta, scale, depth: int, phi: float, rule, scheme: str = "imbalanced", imbalance: float = 0.5,

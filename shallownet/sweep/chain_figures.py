@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from shallownet.sweep.engine import CONVERGED, DIVERGED, MAX_STEPS
+from shallownet.sweep.figures import mark_cells
 
 DIVERGED_COLOUR = "black"
 MAX_STEPS_COLOUR = "#a6a6a6"  # mid grey: apart from white (0 on the imbalance map) and every colour map
@@ -78,12 +79,12 @@ def chain_maps(recs: dict, max_steps: int | None = None, tol: float | None = Non
     top = max(float(steps.max()), 10.0) if steps.count() else 10.0
     mesh = _map(steps_ax, recs, steps, "magma_r", LogNorm(vmin=1.0, vmax=top))
     _log_colorbar(fig, mesh, steps_ax, "steps to |ε| ≤ tol" if tol is None else f"steps to |ε| ≤ {tol:g}")
-    _mark(steps_ax, recs, (outcome == CONVERGED) & (recs["steps"] == 0), ZERO_STEPS_COLOUR)
+    mark_cells(steps_ax, recs, (outcome == CONVERGED) & (recs["steps"] == 0), ZERO_STEPS_COLOUR)
     steps_ax.set_title("time to converge")
 
     for ax in (sharp_ax, ratio_ax, steps_ax):
-        _mark(ax, recs, outcome == DIVERGED, DIVERGED_COLOUR)
-        _mark(ax, recs, outcome == MAX_STEPS, MAX_STEPS_COLOUR)
+        mark_cells(ax, recs, outcome == DIVERGED, DIVERGED_COLOUR)
+        mark_cells(ax, recs, outcome == MAX_STEPS, MAX_STEPS_COLOUR)
         _theory_lines(ax, recs)
     budget = "" if max_steps is None else f" in T = {max_steps} steps"
     handles = [
@@ -146,15 +147,6 @@ def _map(ax, recs, values, cmap, norm):
     ax.set_xlim(recs["eta"][0], recs["eta"][-1])
     ax.set_ylim(recs["scale"][0], recs["scale"][-1])
     return mesh
-
-
-def _mark(ax, recs, where, colour):
-    """Paint the cells where `where` holds in one flat colour."""
-    from matplotlib.colors import ListedColormap
-
-    if where.any():
-        ax.pcolormesh(recs["eta"], recs["scale"], np.ma.masked_where(~where, where).T.astype(float),
-                      cmap=ListedColormap([colour]), shading="nearest")
 
 
 def _theory_lines(ax, recs):

@@ -33,6 +33,27 @@ _BYTES_PER_RUN = {"numba": 80, "torch": 200, "batched": 200, "cuda": 80}
 _BYTES_PER_RUN_AND_UNIT = 80
 
 
+class StepScaleGrid:
+    """Runs over step size x initial scale (the fields eta and scale of a dataclass below), numbered
+    row-major: run (i, j) has flat index i * len(scale) + j."""
+
+    eta: np.ndarray
+    scale: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.eta.size, self.scale.size
+
+    @property
+    def size(self) -> int:
+        return self.eta.size * self.scale.size
+
+    def runs(self, flat: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(eta, init_index) of the runs with the given flat indices (default: all, in order)."""
+        flat = np.arange(self.size) if flat is None else np.asarray(flat)
+        return self.eta[flat // self.scale.size], flat % self.scale.size
+
+
 @dataclass
 class Runs:
     """Raw results of N runs (1-D float64 arrays, steps int64): the state where each run stopped."""

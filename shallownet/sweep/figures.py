@@ -39,11 +39,11 @@ def figure3(recs: dict, phi: float, max_steps: int, tol: float):
     mesh = _map(right, recs, steps, cmap="viridis",
                 norm=LogNorm(vmin=low, vmax=max(float(reached.max()) if reached.size else max_steps, 10 * low)))
     fig.colorbar(mesh, ax=right, label=f"steps to |ε| ≤ {tol:g}")
-    _mark(right, recs, outcome == MAX_STEPS, MAX_STEPS_COLOUR)
+    mark_cells(right, recs, outcome == MAX_STEPS, MAX_STEPS_COLOUR)
     right.set_title("time to converge")
 
     for ax in (left, right):
-        _mark(ax, recs, outcome == DIVERGED, DIVERGED_COLOUR)
+        mark_cells(ax, recs, outcome == DIVERGED, DIVERGED_COLOUR)
         _theory_lines(ax, recs, phi)
     handles, _ = right.get_legend_handles_labels()
     handles += [Patch(color=DIVERGED_COLOUR, label="diverged"),
@@ -95,7 +95,7 @@ def _map(ax, recs, values, cmap, norm):
     return mesh
 
 
-def _mark(ax, recs, where, colour):
+def mark_cells(ax, recs, where, colour):
     """Paint the cells where `where` holds in one flat colour."""
     if where.any():
         ax.pcolormesh(recs["eta"], recs["scale"], np.ma.masked_where(~where, where).T.astype(float),

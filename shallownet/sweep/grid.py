@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from shallownet.config import ConfigError, require, require_device, require_memory
 from shallownet.stop import StopRule
 from shallownet.sweep.chain import CHAIN_BACKENDS, CHAIN_INIT_SCHEMES, chain_bytes_per_run, chain_grid
-from shallownet.sweep.engine import BACKENDS, bytes_per_run
+from shallownet.sweep.engine import BACKENDS, StepScaleGrid, bytes_per_run
 
 SPACINGS = ("log", "linear")
 SWEEP_INIT_SCHEMES = ("imbalanced", "gaussian")
@@ -150,7 +150,7 @@ def chunk_size(cfg: DictConfig) -> int:
 
 
 @dataclass(frozen=True)
-class Grid:
+class Grid(StepScaleGrid):
     """The runs of a sweep: run (i, j) has step eta[i] and starts from (a0[j], b0[j]) of scale[j].
 
     Runs are numbered row-major, flat index i * len(scale) + j.
@@ -162,19 +162,6 @@ class Grid:
     a0: np.ndarray  # [n_scale, width]
     b0: np.ndarray  # [n_scale, width]
     rule: StopRule
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.eta.size, self.scale.size
-
-    @property
-    def size(self) -> int:
-        return self.eta.size * self.scale.size
-
-    def runs(self, flat: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(eta, init_index) of the runs with the given flat indices (default: all, in order)."""
-        flat = np.arange(self.size) if flat is None else flat
-        return self.eta[flat // self.scale.size], flat % self.scale.size
 
 
 def build_grid(cfg: DictConfig):
