@@ -5,7 +5,7 @@
 A config-step is one GD step of one run. Measured in one process: the numba engine (all runs busy for
 the whole budget, and on the Figure-3 grid where runs stop on their own), a plain Python loop over
 configurations doing autograd GD on their own (a, b) tensors, the batched [N, d] torch path, and the
-torch (U, V) recursion; then `shallownet sweep` on configs/figure3.yaml end to end in a subprocess.
+torch (U, V) recursion; then `shallownet sweep` on configs/sweep.yaml end to end in a subprocess.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import numba
 import numpy as np
 import torch
 
+from shallownet.config import load_config
 from shallownet.sweep.engine import StopRule, simulate
-from shallownet.sweep.grid import build_grid, load_sweep_config
+from shallownet.sweep.grid import SweepConfig, build_grid
 from shallownet.sweep.torch_paths import run_ab_torch, run_uv_torch
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURE3 = REPO / "configs" / "figure3.yaml"
+FIGURE3 = REPO / "configs" / "sweep.yaml"
 PHI, TOL, DIVERGENCE = 1.0, 1e-8, 1e12
 # Floating-point operations per config-step in the kernel (kernel.py): eps 3, lam 2, eta*eps 1,
 # 1 -+ e 2, U' 2, V' 2, P' 3, max 1. Compares, blends and the NaN/subnormal guards come on top.
@@ -68,7 +69,7 @@ def engine_busy(n=1 << 17, steps=2000):
 
 
 def engine_figure3():
-    grid = build_grid(load_sweep_config(FIGURE3, []))
+    grid = build_grid(load_config(SweepConfig, FIGURE3, []))
     eta, index = grid.runs()
     return best_rate(lambda: simulate(eta, index, grid.a0, grid.b0, grid.phi, grid.rule,
                                       chunk_size=grid.size).steps.sum())
@@ -183,7 +184,7 @@ def main() -> None:
 
     if not args.skip_end_to_end:
         wall, line = end_to_end()
-        print(f"\nshallownet sweep configs/figure3.yaml, end to end (fresh process): {wall:.1f} s (target < 60 s)")
+        print(f"\nshallownet sweep configs/sweep.yaml, end to end (fresh process): {wall:.1f} s (target < 60 s)")
         print(f"  {line}")
         if args.device != "cpu":
             wall, line = end_to_end(["engine.backend=torch", f"engine.device={args.device}",

@@ -5,7 +5,7 @@ exactly like a GD step. The closure must zero the gradients, compute the loss an
 closure FullBatchModule builds does). Each integrator exposes the flow time reached, `t`, and the number
 of closure calls, `grad_evals` (one full gradient each): the cost the benchmark compares.
 
-Depends on torch only (the Lightning glue is in shallownet.flow_module).
+Depends on torch only (Lightning runs it through shallownet.module.FullBatchModule with optim.method=flow).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Launch with torchrun; the sweep notices the WORLD_SIZE that torchrun sets:
 
-    torchrun --nproc_per_node=2 -m shallownet.sweep.distributed configs/figure3.yaml [key=value ...]
+    torchrun --nproc_per_node=2 -m shallownet.sweep.distributed configs/sweep.yaml [key=value ...]
 
 Every run is independent and computed by the same arithmetic wherever it lands, so the merged result
 equals the single-process one bit for bit.
