@@ -43,11 +43,16 @@ class ScalarLinearNet(nn.Module):
         return self.product() * x
 
     @torch.no_grad()
+    def residual(self) -> torch.Tensor:
+        """eps = a.b - phi: what the run's convergence test bounds, before every step."""
+        return quantities.residual(self.a, self.b, self.phi)
+
+    @torch.no_grad()
     def quantities(self) -> dict[str, torch.Tensor]:
         """eps, lam, Q, Qn (0-dim) and the Q_i (1-dim) at the current parameters (theory.md section 2)."""
         a, b = self.a, self.b
         return {
-            "residual": quantities.residual(a, b, self.phi),
+            "residual": self.residual(),
             "norm": quantities.norm(a, b),
             "imbalance": quantities.imbalance(a, b),
             "imbalance_norm": quantities.imbalance_norm(a, b),

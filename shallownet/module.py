@@ -240,16 +240,21 @@ class FullBatchModule(L.LightningModule):
 
     def judge(self, loss: torch.Tensor | None = None, have_gradient: bool = False) -> str | None:
         """The StopRule's verdict on the current parameters; `loss` / gradients there if already computed."""
-        with measuring(self.model):
-            if self.convergence == "residual":
-                error = float(self.model.quantities()["residual"])
-            elif self.convergence == "loss":
-                error = float(loss if loss is not None else self.full_batch_loss())
-            else:
-                error = float(torch.sqrt(sum(p.grad.square().sum() for p in self.model.parameters()))
-                              if have_gradient else self._gradient_norm())
+        if self.convergence == "residual":  # a function of the parameters alone: no data, no random stream
+            residual = getattr(self.model, "residual", None)
+            error = float(residual() if callable(residual) else self.model.quantities()["residual"])
+        else:
+            error = self._convergence_error(loss, have_gradient)
         return self.rule.judge(error, float(self._squared_norm()), self.trainer.global_step, self.flow_time,
                                interrupted=self._stop_requested(counted=have_gradient))
+
+    def _convergence_error(self, loss: torch.Tensor | None, have_gradient: bool) -> float:
+        """The loss or the gradient norm, measured (if not given) without touching the run's state."""
+        with measuring(self.model):
+            if self.convergence == "loss":
+                return float(loss if loss is not None else self.full_batch_loss())
+            return float(torch.sqrt(sum(p.grad.square().sum() for p in self.model.parameters()))
+                         if have_gradient else self._gradient_norm())
 
     def _stop_requested(self, counted: bool = False) -> bool:
         """A stop request (SIGINT / SIGTERM) here or, under DDP, on any rank, so that all stop at the same step
