@@ -156,22 +156,21 @@ def draw(cfg: DictConfig, records: list[dict]):
             label += f" ({', '.join(failures)})"
         labelled.add(eta)
         if eta is None:
-            ax.plot(*_hyperbola_branch(a0, b0, grid), color="tab:green", lw=0.9, ls="--", zorder=1)
-            ax.plot(path[:, 0], path[:, 1], color="tab:green", lw=3.0, alpha=0.8, zorder=3, label=label)
+            ax.plot(*_hyperbola_branch(a0, b0, grid), color="tab:green", lw=0.8, ls=":", zorder=1)
+            ax.plot(path[:, 0], path[:, 1], color="tab:green", lw=1.4, alpha=0.8, zorder=3,
+                    label=None if label is None else label + " (on its hyperbola, dotted)")
             a_gf, b_gf = theory.gf_limit([a0], [b0], phi)
-            ax.plot(a_gf, b_gf, marker="*", ms=16, color="tab:green", mec="k", zorder=5)
+            ax.plot(a_gf, b_gf, marker="*", ms=11, color="tab:green", mec="k", zorder=5)
             ax.plot(a0, b0, marker="o", ms=9, color="w", mec="k", mew=1.5, zorder=7)
             continue
         shown = path[np.abs(path).max(axis=1) < 10 * ext]  # a diverging path leaves the frame: stop there
-        ax.plot(shown[:, 0], shown[:, 1], color=colors[eta], lw=0.9, marker="o", ms=3.5, zorder=4, label=label)
+        ax.plot(shown[:, 0], shown[:, 1], color=colors[eta], lw=1.1, marker="o", ms=3.0, zorder=4, label=label)
         if record["outcome"] == CONVERGED:
-            ax.plot(*path[-1], marker="D", ms=7, color=colors[eta], mec="k", zorder=6)
-    ax.plot([], [], ls="none", marker="o", ms=8, color="w", mec="k", label="initialisation")
-    ax.plot([], [], ls="none", marker="*", ms=12, color="tab:green", mec="k", label="GF limit (closed form)")
-    ax.plot([], [], ls="none", marker="D", ms=7, color="0.5", mec="k", label="GD limit")
-    ax.plot([], [], color="tab:green", lw=0.9, ls="--", label="GF's hyperbola a\u00b2 \u2212 b\u00b2 = Q(0)")
+            ax.plot(*path[-1], marker="D", ms=5, color=colors[eta], mec="k", zorder=6)
+    ax.plot([], [], ls="none", marker="*", ms=10, color="tab:green", mec="k",
+            label="limits: GF \u2605 (closed form), GD \u25c6; start \u25cb")
     ax.set(xlim=(-ext, ext), ylim=(-ext, ext), aspect="equal", xlabel="a", ylabel="b",
-           title=f"Figure 1: GD vs gradient flow, d = 1, loss \u00bd(ab \u2212 \u03a6)\u00b2, \u03a6 = {phi:g}\n"
+           title=f"GD vs gradient flow, d = 1, loss \u00bd(ab \u2212 \u03a6)\u00b2, \u03a6 = {phi:g}\n"
                  "GF stays on its hyperbola; GD cuts across to flatter minima")
     ax.legend(loc="upper left", fontsize=8, framealpha=0.95)
     fig.tight_layout()

@@ -12,12 +12,14 @@ import numpy as np
 from matplotlib.colors import ListedColormap, LogNorm, TwoSlopeNorm
 from matplotlib.figure import Figure  # not pyplot: no global state, no GUI backend
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
 from shallownet.sweep.engine import CONVERGED, DIVERGED, MAX_STEPS
 
 DIVERGED_COLOUR = "black"
 MAX_STEPS_COLOUR = "#d9d9d9"
 N_SHARPNESS_CURVES = 5
+ETA_LAMBDA0 = (0.5, 1.0, 2.0)  # lines of constant eta * lambda(0): the caption reasons in this product
 
 
 def figure3(recs: dict, phi: float, max_steps: int, tol: float):
@@ -29,8 +31,9 @@ def figure3(recs: dict, phi: float, max_steps: int, tol: float):
     ratio = np.ma.masked_where(outcome == DIVERGED, recs["imbalance_ratio"])
     low = min(float(ratio.min()), -1e-3) if ratio.count() else -1.0
     mesh = _map(left, recs, ratio, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=1.0))
-    fig.colorbar(mesh, ax=left, label="Q(T) / Q(0)  (= P, the product of 1 - η² ε_t²)")
-    left.set_title("imbalance kept by GD: Q(T)/Q(0)")
+    fig.colorbar(mesh, ax=left, label="Q(T) / Q(0) = P")
+    hatch_cells(left, recs, outcome == MAX_STEPS)  # P there is the state at T, often about 0: not white's 0
+    left.set_title("imbalance kept by GD: Q(T)/Q(0) = Π (1 − η² ε_t²)")
 
     steps = np.ma.masked_where(outcome != CONVERGED, recs["steps"].astype(float))
     steps = np.ma.masked_less(steps, 1)  # runs that start converged have no place on a log scale
@@ -41,14 +44,17 @@ def figure3(recs: dict, phi: float, max_steps: int, tol: float):
     fig.colorbar(mesh, ax=right, label=f"steps to |ε| ≤ {tol:g}")
     mark_cells(right, recs, outcome == MAX_STEPS, MAX_STEPS_COLOUR)
     right.set_title("time to converge")
+    right.set_ylabel("initial scale s")
 
     for ax in (left, right):
         mark_cells(ax, recs, outcome == DIVERGED, DIVERGED_COLOUR)
+        _eta_lambda0_lines(ax, recs)
         _theory_lines(ax, recs, phi)
     handles, _ = right.get_legend_handles_labels()
     handles += [Patch(color=DIVERGED_COLOUR, label="diverged"),
-                Patch(color=MAX_STEPS_COLOUR, label=f"not converged in T = {max_steps} steps")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize="small")
+                Patch(facecolor=MAX_STEPS_COLOUR, hatch="///", edgecolor="0.35",
+                      label=f"not converged in T = {max_steps} steps (hatched on the left)")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small")
     fig.suptitle(f"GD on the shallow linear net, Φ = {phi:g}: step size × initial scale")
     return fig
 
@@ -60,27 +66,31 @@ def sharpness_panel(recs: dict, phi: float):
     eta, scale = recs["eta"], recs["scale"]
     rows = np.unique(np.linspace(0, scale.size - 1, N_SHARPNESS_CURVES).round().astype(int))
     colours = matplotlib.colormaps["plasma"](np.linspace(0.0, 0.85, rows.size))
-    for j, colour in zip(rows, colours, strict=True):
+    finite = recs["final_sharpness"][np.isfinite(recs["final_sharpness"])]
+    top = 2 * max(recs["norm_gf"].max(), 2 * phi)
+    markers = ("o", "s", "^", "D", "v", "P", "X")
+    for n, (j, colour) in enumerate(zip(rows, colours, strict=True)):
         converged = recs["outcome"][:, j] == CONVERGED
-        sharp = recs["final_sharpness"][:, j]
-        ax.plot(eta[converged], sharp[converged], ".", ms=3, color=colour,
-                label=f"scale {scale[j]:.3g} (λ(0) = {recs['norm0'][j]:.3g})")
-        ax.plot(eta[~converged], sharp[~converged], "x", ms=3, alpha=0.4, color=colour)
+        sharp = np.where(converged, recs["final_sharpness"][:, j], np.nan)  # gaps where it did not converge
+        ax.plot(eta, sharp, "-", lw=1.2, color=colour, marker=markers[n % len(markers)], ms=3.5,
+                markevery=max(1, eta.size // 12), label=f"s = {scale[j]:.3g} (λ(0) = {recs['norm0'][j]:.3g})")
+        diverged = recs["outcome"][:, j] == DIVERGED
+        ax.plot(eta[diverged], np.full(diverged.sum(), top * 0.93), "|", ms=6, color=colour)
         ax.axhline(recs["norm_gf"][j], color=colour, ls="--", lw=1)
     ax.plot(eta, 2.0 / eta, "k-", lw=1.2, label="2/η (stability limit)")
     ax.axhline(2.0 * phi, color="grey", lw=1.2, label="2Φ (flattest minimum)")
     ax.axvline(1.0 / phi, color="grey", ls=":", lw=1.2, label="η = 1/Φ")
     ax.plot([], [], "k--", lw=1, label="λ_GF of each scale (dashed)")
-    ax.plot([], [], "kx", ms=4, alpha=0.5, label="not converged (state at T)")
+    ax.plot([], [], "k|", ms=6, label="diverged (ticks along the top)")
     ax.set_xscale("log" if _log_spaced(eta) else "linear")
     ax.set_yscale("log")
-    finite = recs["final_sharpness"][np.isfinite(recs["final_sharpness"])]
     if finite.size:
-        ax.set_ylim(0.5 * min(finite.min(), 2 * phi), 2 * max(recs["norm_gf"].max(), 2 * phi))
+        ax.set_ylim(0.5 * min(finite.min(), 2 * phi), top)
+    plain_log_ticks(ax)
     ax.set_xlabel("step size η")
     ax.set_ylabel("sharpness at the end (largest Hessian eigenvalue)")
-    ax.set_title("GD ends flatter than GF, and below 2/η")
-    ax.legend(fontsize="x-small", loc="upper right")
+    ax.set_title("GD ends flatter than GF, and below 2/η (converged runs; gaps: not converged)")
+    ax.legend(fontsize="x-small", loc="center left")
     return fig
 
 
@@ -88,6 +98,7 @@ def _map(ax, recs, values, cmap, norm):
     mesh = ax.pcolormesh(recs["eta"], recs["scale"], values.T, cmap=cmap, norm=norm, shading="nearest")
     ax.set_xscale("log" if _log_spaced(recs["eta"]) else "linear")
     ax.set_yscale("log" if _log_spaced(recs["scale"]) else "linear")
+    plain_log_ticks(ax)
     ax.set_xlabel("step size η")
     ax.set_ylabel("initial scale s  (λ(0) = 2 s² for the imbalanced init)")
     ax.set_xlim(recs["eta"][0], recs["eta"][-1])
@@ -100,6 +111,32 @@ def mark_cells(ax, recs, where, colour):
     if where.any():
         ax.pcolormesh(recs["eta"], recs["scale"], np.ma.masked_where(~where, where).T.astype(float),
                       cmap=ListedColormap([colour]), shading="nearest")
+
+
+def hatch_cells(ax, recs, where):
+    """Hatch the cells where `where` holds, keeping their colour visible underneath."""
+    if where.any():
+        ax.contourf(recs["eta"], recs["scale"], where.T.astype(float), levels=[0.5, 1.5], colors="none",
+                    hatches=["///"])
+
+
+def plain_log_ticks(ax):
+    """Log axes labelled 0.1, 0.2, 0.5, 1, 2 rather than 10^-1, 2x10^-1: readable in a paper."""
+    def label(value, _):
+        mantissa = value / 10 ** np.floor(np.log10(value))
+        return f"{value:g}" if np.isclose(mantissa, [1, 2, 5]).any() else ""
+
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            axis.set_major_formatter(FuncFormatter(label))
+            axis.set_minor_formatter(FuncFormatter(label))
+
+
+def _eta_lambda0_lines(ax, recs):
+    """Lines of constant eta * lambda(0), the caption's variable: eta lambda(0) = 0.5, 1, 2."""
+    for n, product in enumerate(ETA_LAMBDA0):
+        ax.plot(product / recs["norm0"], recs["scale"], color="0.35", lw=0.8, ls="-.",
+                label=f"ηλ(0) = {', '.join(f'{p:g}' for p in ETA_LAMBDA0)} (left to right)" if n == 0 else None)
 
 
 def _theory_lines(ax, recs, phi):
