@@ -125,3 +125,15 @@ def test_a_model_kind_is_chosen_by_name_and_unknown_kinds_are_refused():
         load_config(RunConfig, None, ["model.kind=no_such_net"])
     with pytest.raises(ConfigError, match="unknown config key 'model.depth'"):
         load_config(RunConfig, None, ["model.depth=3"])  # scalar_linear has no depth
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_experiment_config_is_a_valid_override_of_its_command(path):
+    """configs/experiments/*.yaml are sweeps listing only what differs; each loads, validates and names its
+    own output folder."""
+    from shallownet.sweep.grid import validate
+
+    cfg = load_config(SweepConfig, path, [])
+    validate(cfg)
+    assert cfg.output.name == path.stem
+    assert OmegaConf.to_container(cfg) != OmegaConf.to_container(load_config(SweepConfig, None, []))
