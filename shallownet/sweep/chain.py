@@ -176,6 +176,8 @@ def run_chain_torch(w0, eta, phi, tol, divergence_norm, max_steps, device="cpu",
     """
     import torch
 
+    from shallownet.sweep.torch_paths import replay_until_stopped
+
     w = torch.as_tensor(np.asarray(w0, dtype=np.float64).T.copy()).to(device)  # [L, N]: rows contiguous
     eta = torch.as_tensor(np.asarray(eta, dtype=np.float64)).to(device)
     factor = torch.ones_like(eta)
@@ -183,22 +185,7 @@ def run_chain_torch(w0, eta, phi, tol, divergence_norm, max_steps, device="cpu",
     steps = torch.zeros(eta.shape, dtype=torch.int64, device=eta.device)
     zero = torch.zeros((), dtype=torch.float64, device=eta.device)
     state = (w, factor, max_step, steps, eta, float(phi), float(tol), float(divergence_norm), zero)
-    graph, done = None, 0
-    while done < max_steps:
-        block = min(check_every, max_steps - done)
-        # The first block runs eagerly: it warms up the kernels before capture, as CUDA graphs need.
-        if w.is_cuda and done > 0 and block == check_every:
-            if graph is None:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    graph_active = _torch_steps(state, block)
-            graph.replay()
-            active = graph_active
-        else:
-            active = _torch_steps(state, block)
-        done += block
-        if not bool(active.any()):
-            break
+    replay_until_stopped(_torch_steps, state, max_steps, check_every, w.is_cuda)
     return w.T, factor, max_step, steps
 
 

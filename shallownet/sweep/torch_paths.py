@@ -16,6 +16,28 @@ from shallownet.sweep.kernel import TINY
 CHECK_EVERY = 256
 
 
+def replay_until_stopped(steps_fn, state: tuple, max_steps: int, check_every: int, on_cuda: bool) -> None:
+    """Advance `state` in place by `steps_fn(state, n)` (which returns the active mask) in blocks of
+    check_every steps until no run is active or max_steps are done; on CUDA the blocks after the first are
+    replayed from one captured graph."""
+    graph, done = None, 0
+    while done < max_steps:
+        block = min(check_every, max_steps - done)
+        # The first block runs eagerly: it warms up the kernels before capture, as CUDA graphs need.
+        if on_cuda and done > 0 and block == check_every:
+            if graph is None:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    graph_active = steps_fn(state, block)
+            graph.replay()
+            active = graph_active
+        else:
+            active = steps_fn(state, block)
+        done += block
+        if not bool(active.any()):
+            break
+
+
 def run_uv_torch(u0, v0, eta, phi, tol, divergence_norm, max_steps, device, check_every=CHECK_EVERY):
     """Final (U, V), P, max eta|eps_t| and steps, as float64/int64 tensors on `device`.
 
@@ -31,22 +53,7 @@ def run_uv_torch(u0, v0, eta, phi, tol, divergence_norm, max_steps, device, chec
     steps = torch.zeros(u.shape, dtype=torch.int64, device=u.device)
     zero = torch.zeros((), dtype=torch.float64, device=u.device)
     state = (u, v, factor, max_step, steps, eta, phi, tol, divergence_norm, zero)
-    graph, done = None, 0
-    while done < max_steps:
-        block = min(check_every, max_steps - done)
-        # The first block runs eagerly: it warms up the kernels before capture, as CUDA graphs need.
-        if u.is_cuda and done > 0 and block == check_every:
-            if graph is None:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    graph_active = _steps(state, block)
-            graph.replay()
-            active = graph_active
-        else:
-            active = _steps(state, block)
-        done += block
-        if not bool(active.any()):
-            break
+    replay_until_stopped(_steps, state, max_steps, check_every, u.is_cuda)
     return u, v, factor, max_step, steps
 
 
