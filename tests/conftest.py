@@ -23,6 +23,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The tests' tensors are tiny: torch's intra-op threads only contend with each other and with other
+    processes (tiny float64 gradients took 30x longer with two threads on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_dirs(root: Path) -> list[Path]:
     """Every run folder (a folder holding config.yaml) under root; asserts that nothing else was written
     there (a stray folder or file left by a failed run counts too)."""

@@ -32,15 +32,6 @@ from shallownet.optim import GradientDescent
 CLASSES = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: intra-op threads only contend with each other (and other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- nets and data ------------------------------------------------------------------------------------
 
 def relu_mlp(seed=0):

@@ -31,15 +31,6 @@ from shallownet.model import ScalarLinearNet
 TOL = 1e-10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread beats two contending ones on a shared machine (and the file stays fast)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mse(outputs, targets):
     return 0.5 * ((outputs - targets) ** 2).sum(dim=-1).mean()
 

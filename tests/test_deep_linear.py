@@ -33,15 +33,6 @@ SCHEMA = {"deep_scalar_linear": deep_linear.DeepScalarLinearConfig, "scalar_chai
 
 # --- helpers ------------------------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: torch's intra-op threads only contend (30x slower on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_config(kind: str, model: dict | None = None, data: dict | None = None):
     """A run config holding the model section of `kind` (schema defaults + overrides) and a data section."""
     section = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(SCHEMA[kind]), model or {}))
