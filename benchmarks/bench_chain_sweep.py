@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
-import numba
 import numpy as np
 import torch
+from bench_sweep import machine  # this folder is on sys.path when a benchmark runs as a script
 
 from shallownet.sweep.chain import chain_grid, run_chain_grid
 from shallownet.sweep.chain_kernel import flops_per_config_step, run_chain_numba
@@ -120,23 +119,6 @@ def chain_grid_rate(depth):
     return best_rate(lambda: run_chain_grid(grid, chunk_size=grid.size).steps.sum(), repeats=2), grid.size
 
 
-def machine():
-    """Cores numba uses, clock (MHz) from /proc/cpuinfo, float64 lanes per vector from the CPU flags."""
-    mhz, flags = None, ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "cpu MHz" and mhz is None:
-                mhz = float(value)
-            elif key.strip() == "flags" and not flags:
-                flags = value
-    except OSError:
-        pass
-    # LLVM emits 256-bit vectors for these kernels even where AVX-512 exists: 4 float64 lanes.
-    lanes = 4 if " avx2" in flags or " avx512f" in flags else 2
-    return numba.get_num_threads(), mhz or 0.0, lanes
-
-
 def _time_kernel(kernel, host_arrays, scalars, steps_index):
     """Best config-steps/s of one launch over fresh device copies of host_arrays (kernel time only)."""
     from numba import cuda
@@ -214,7 +196,7 @@ def main() -> None:
     args = parser.parse_args()
     depth = args.depth
 
-    cores, mhz, lanes = machine()
+    cores, mhz, lanes, _ = machine()  # the same reading as bench_sweep.py (its kernel's bound)
     peak = cores * mhz * 1e6 * FP_PORTS * lanes
     chain_flops = flops_per_config_step(depth)
     chain_bound, shallow_bound = peak / chain_flops, peak / SHALLOW_FLOPS
