@@ -137,3 +137,15 @@ def test_every_experiment_config_is_a_valid_override_of_its_command(path):
     validate(cfg)
     assert cfg.output.name == path.stem
     assert OmegaConf.to_container(cfg) != OmegaConf.to_container(load_config(SweepConfig, None, []))
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "eos"])
+def test_unreadable_data_is_refused_before_the_run_folder(cli, tmp_path, command):
+    """Data and model are built before the folder exists: a malformed CIFAR-10 file writes nothing."""
+    root = tmp_path / "cifar"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (root / name).write_bytes(b"not a pickle")
+    code, out, err, dirs = cli(command, "model.kind=mlp", "data.kind=cifar10", f"data.root={root}")
+    assert code == 2 and "malformed" in err and len(err.strip().splitlines()) == 1
+    assert dirs == [] and out == ""

@@ -20,10 +20,11 @@ def execute(cfg, report=None) -> int:
     check_output(cfg.output)
     from shallownet import interrupt
     from shallownet.cli import exit_status
-    from shallownet.compare import compare, format_table
-    from shallownet.training import quiet_lightning
+    from shallownet.compare import compare, format_table, run_config, sub_runs
+    from shallownet.training import build, quiet_lightning
 
     quiet_lightning()
+    build(run_config(cfg, sub_runs(cfg)[0]))  # reads the data and builds the model: errors before the folder
     interrupt.install()
     run_dir = start_run(cfg)
     result = compare(cfg, run_dir)
