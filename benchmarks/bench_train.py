@@ -5,24 +5,30 @@
 2. Real nets on scikit-learn's digits (an MLP and the small ReLU CNN), monitors off: full-batch GD in
    Lightning against a bare loop (goal: at most 1.1x).
 3. The sharpness monitor on the digits MLP: its cost as a fraction of a training step at cadences 1 and 10,
-   and its HVPs per logged step (goal: at most 5, warm-started).
+   its HVPs per logged step (goal: at most 5, warm-started), and what a solve's residual tolerance buys: the
+   largest relative error of the logged sharpness against a tight (residual 1e-11) solve at the same step.
 4. Chunked gradients: the same full-batch GD with chunk_size rows per backward, against one chunk.
 
-    python benchmarks/bench_train.py [--steps 200]
+Each timing is the fastest of --repeats runs, the two sides interleaved, so that other work on the machine
+(which only ever slows a run down) disturbs the ratios as little as it can.
+
+    python benchmarks/bench_train.py [--steps 200] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 
 from shallownet import registry
 from shallownet.config import RunConfig, load_config, validate_run
-from shallownet.curvature import EigenTracker, HessianOperator
+from shallownet.curvature import EigenTracker, HessianOperator, lanczos
 from shallownet.events import read_metrics
 from shallownet.losses import LOSSES
 from shallownet.training import build, quiet_lightning, run
@@ -34,14 +40,30 @@ def config(*overrides: str):
     return cfg
 
 
+class StepClock(L.Callback):
+    """Wall time from the first training batch's start to the last one's end: the steady per-step cost,
+    without the fit's set-up and the train-start / train-end logging that a run pays once."""
+
+    def __init__(self):
+        self.start, self.end, self.steps = None, None, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.end, self.steps = time.perf_counter(), self.steps + 1
+
+
 def lightning(cfg) -> tuple[float, list[float]]:
     """Seconds per step of `shallownet train`'s path (Lightning, loggers, monitors as configured), and the
     HVPs of each logged sharpness solve."""
+    clock = StepClock()
     with tempfile.TemporaryDirectory() as tmp:
-        summary = run(cfg, Path(tmp), pieces=build(cfg))
+        summary = run(cfg, Path(tmp), pieces=build(cfg, [clock]))
         hvps = read_metrics(tmp).get("curvature/hvp_count", (None, []))[1]
-    assert summary["steps"] == cfg.train.max_steps, summary["status"]
-    return summary["wall_time_s"] / summary["steps"], list(hvps)
+    assert summary["steps"] == cfg.train.max_steps == clock.steps, summary["status"]
+    return (clock.end - clock.start) / clock.steps, list(hvps)
 
 
 def bare(cfg, sharpness_every: int = 0) -> float:
@@ -65,17 +87,58 @@ def bare(cfg, sharpness_every: int = 0) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def fastest(repeats: int, *timers):
+    """The fastest of `repeats` calls of each timer, the timers called in turn (their first result only)."""
+    return [min(times) for times in zip(*([first(t()) for t in timers] for _ in range(repeats)), strict=True)]
+
+
+def first(result):
+    return result[0] if isinstance(result, tuple) else result
+
+
+def reference_sharpness(cfg, steps: list[int]) -> dict[int, float]:
+    """The top Hessian eigenvalue, solved to residual 1e-11, after each of `steps` GD steps of the bare loop."""
+    kind = registry.model_kind(cfg.model.kind)
+    data = registry.data_kind(cfg.data.kind).load(cfg, getattr(torch, cfg.train.dtype))
+    model, loss_fn = kind.build(cfg, data), LOSSES[cfg.loss or kind.loss]
+    params = [p for p in model.parameters() if p.requires_grad]
+    values, vector = {}, None
+    for step in range(max(steps) + 1):
+        if step in steps:
+            operator = HessianOperator(model, loss_fn, (data.x, data.y))
+            result = lanczos(operator, vector, tol=1e-11, max_iter=1000)
+            operator.release()
+            values[step], vector = result.value, result.vector
+        grads = torch.autograd.grad(loss_fn(model(data.x), data.y), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p.sub_(cfg.optim.lr * g)
+    return values
+
+
+def sharpness_errors(cfg, reference: dict[int, float]) -> float:
+    """Largest relative error of the logged sharpness against the reference, over the steps both have."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run(cfg, Path(tmp), pieces=build(cfg))
+        logged_steps, values = read_metrics(tmp)["curvature/sharpness"]
+    logged = dict(zip(logged_steps, values, strict=True))
+    return max(abs(logged[s] - r) / abs(r) for s, r in reference.items() if s in logged)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
-    steps = parser.parse_args().steps
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    steps, repeats = args.steps, args.repeats
     torch.set_num_threads(1)  # both sides alike; small tensors gain nothing from threads here
     quiet_lightning()
     common = [f"train.max_steps={steps}"]
     quiet = ["monitor.every_n_steps=1000000", "monitor.sharpness.every_n_steps=0"]
     lightning(config(*common, "optim.lr=0.01", *quiet))  # warm-up: imports and first-call costs
 
-    print(f"cost per full-batch GD step over {steps} steps (float64, 1 thread)")
+    print(f"cost per full-batch GD step over {steps} steps (float64, 1 thread, fastest of {repeats}; "
+          f"load average {os.getloadavg()[0]:.2f})")
     print(f"{'':44s} {'Lightning':>10s} {'bare loop':>10s} {'ratio':>7s}")
     rows = [
         ("shallow net d=10, monitors on every step",
@@ -85,22 +148,30 @@ def main() -> None:
         ("digits CNN 2x(conv 32 + pool), monitors off", config(*common, "model.kind=cnn", *quiet), 0),
     ]
     for name, cfg, every in rows:
-        lit, _ = lightning(cfg)
-        plain = bare(cfg, every)
+        lit, plain = fastest(repeats, lambda cfg=cfg: lightning(cfg), lambda cfg=cfg, every=every: bare(cfg, every))
         print(f"{name:44s} {lit * 1e3:7.2f} ms {plain * 1e3:7.2f} ms {lit / plain:6.2f}x")
 
-    print("\nsharpness monitor on the digits MLP (tol 1e-6, warm-started Lanczos)")
-    base, _ = lightning(config(*common, "model.kind=mlp", *quiet))
-    for every in (1, 10):
-        cost, hvps = lightning(config(*common, "model.kind=mlp", "monitor.every_n_steps=1000000",
-                                      f"monitor.sharpness.every_n_steps={every}", "monitor.sharpness.tol=1e-6"))
-        warm = hvps[1:]  # the first solve starts cold
-        print(f"  every {every:2d} steps: {cost * 1e3:7.2f} ms per step = {cost / base:5.2f}x a GD step; "
-              f"{len(hvps)} solves, {sum(warm) / len(warm):.1f} HVPs per warm-started solve (first {hvps[0]:.0f})")
+    mlp = config(*common, "model.kind=mlp", *quiet)
+    print(f"\nsharpness monitor on the digits MLP (lr {mlp.optim.lr}, warm-started Lanczos); error: largest "
+          "relative error of the logged sharpness against a residual-1e-11 solve, every 10 steps")
+    reference = reference_sharpness(mlp, list(range(0, steps + 1, 10)))
+    for tol in (1e-6, 1e-3):
+        for every in (1, 10):
+            cfg = config(*common, "model.kind=mlp", "monitor.every_n_steps=1000000",
+                         f"monitor.sharpness.every_n_steps={every}", f"monitor.sharpness.tol={tol}")
+            base, cost = fastest(repeats, lambda: lightning(mlp), lambda cfg=cfg: lightning(cfg))
+            hvps = lightning(cfg)[1]
+            warm = hvps[1:]  # the first solve starts cold
+            print(f"  tol {tol:.0e}, every {every:2d} steps: {cost * 1e3:7.2f} ms per step = {cost / base:5.2f}x a "
+                  f"GD step; {sum(warm) / len(warm):4.1f} HVPs per warm-started solve (first {hvps[0]:.0f}); "
+                  f"error {sharpness_errors(cfg, reference):.1e}")
+
     print("\nchunked gradients on the digits MLP (1500 rows), the same full-batch GD")
-    for chunk in (None, 500, 100):
-        cost, _ = lightning(config(*common, "model.kind=mlp", *quiet, f"train.chunk_size={chunk or 'null'}"))
-        print(f"  chunk_size {chunk or 'none':>4}: {cost * 1e3:7.2f} ms per step = {cost / base:5.2f}x one chunk")
+    chunked = [config(*common, "model.kind=mlp", *quiet, f"train.chunk_size={chunk}") for chunk in (500, 100)]
+    base, *costs = fastest(repeats, *(lambda cfg=cfg: lightning(cfg) for cfg in (mlp, *chunked)))
+    print(f"  chunk_size none: {base * 1e3:7.2f} ms per step")
+    for cfg, cost in zip(chunked, costs, strict=True):
+        print(f"  chunk_size {cfg.train.chunk_size:>4}: {cost * 1e3:7.2f} ms per step = {cost / base:5.2f}x one chunk")
 
 
 if __name__ == "__main__":

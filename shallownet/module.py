@@ -62,6 +62,14 @@ class FullBatchModule(L.LightningModule):
         self._source: FullBatchData | None = None  # the whole data set, as given to use_data
         self._votes: bool = False  # whether some rank asked to stop, from the last gradient's all-reduce
 
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning names the running hook on the module before and after every hook call, about 30 times a
+        # step; nn.Module.__setattr__ would check parameters, submodules and buffers each time.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # --- data, placed on the device once ---------------------------------------------------------------
 
     def use_data(self, data: FullBatchData) -> None:
@@ -250,11 +258,12 @@ class FullBatchModule(L.LightningModule):
 
     def _convergence_error(self, loss: torch.Tensor | None, have_gradient: bool) -> float:
         """The loss or the gradient norm, measured (if not given) without touching the run's state."""
-        with measuring(self.model):
-            if self.convergence == "loss":
-                return float(loss if loss is not None else self.full_batch_loss())
-            return float(torch.sqrt(sum(p.grad.square().sum() for p in self.model.parameters()))
-                         if have_gradient else self._gradient_norm())
+        if self.convergence == "loss" and loss is not None:
+            return float(loss)
+        if self.convergence == "grad_norm" and have_gradient:
+            return float(torch.sqrt(sum(p.grad.square().sum() for p in self.model.parameters())))
+        with measuring(self.model):  # only a fresh forward can draw random numbers or move buffers
+            return float(self.full_batch_loss() if self.convergence == "loss" else self._gradient_norm())
 
     def _stop_requested(self, counted: bool = False) -> bool:
         """A stop request (SIGINT / SIGTERM) here or, under DDP, on any rank, so that all stop at the same step
