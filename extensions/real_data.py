@@ -29,7 +29,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from shallownet.config import ConfigError
+from shallownet.config import ConfigError, require, require_memory
 from shallownet.registry import FullBatchData, register_data
 
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -48,19 +48,6 @@ def _section(cfg: Any) -> Any:
     return getattr(cfg, "data", cfg)
 
 
-def _require(condition: bool, key: str, allowed: str, value: Any) -> None:
-    if not condition:
-        raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
-
-
-def _require_memory(n_bytes: float, what: str, key: str) -> None:
-    try:
-        from shallownet.config import require_memory
-    except ImportError:  # an older core without the check
-        return
-    require_memory(n_bytes, what, key)
-
-
 # --- schemas (omegaconf structured configs: no `from __future__ import annotations` in this module) ---
 
 @dataclass
@@ -72,9 +59,9 @@ class DigitsConfig:
     def validate(cfg: Any) -> None:
         """Range checks of the `data:` section (the whole run config or the section); reads nothing."""
         d = _section(cfg)
-        _require(0 <= d.n_test < DIGITS_TOTAL, "data.n_test", f"an integer in [0, {DIGITS_TOTAL - 1}]", d.n_test)
+        require(0 <= d.n_test < DIGITS_TOTAL, "data.n_test", f"an integer in [0, {DIGITS_TOTAL - 1}]", d.n_test)
         available = DIGITS_TOTAL - d.n_test
-        _require(d.n_train is None or 1 <= d.n_train <= available, "data.n_train",
+        require(d.n_train is None or 1 <= d.n_train <= available, "data.n_train",
                  f"null or an integer in [1, {available}] (1797 digits minus data.n_test={d.n_test})", d.n_train)
         if importlib.util.find_spec("sklearn") is None:
             raise ConfigError("config key 'data.kind' digits needs scikit-learn (pip install scikit-learn), "
@@ -91,15 +78,15 @@ class Cifar10Config:
     def validate(cfg: Any) -> None:
         """Range checks and that every file is there (opens none: load() checks their contents)."""
         d = _section(cfg)
-        _require(d.root is not None and str(d.root) != "", "data.root", f"a folder holding {CIFAR_FORMAT}", d.root)
+        require(d.root is not None and str(d.root) != "", "data.root", f"a folder holding {CIFAR_FORMAT}", d.root)
         folder = Path(str(d.root)).expanduser()
-        _require(folder.is_dir(), "data.root", f"an existing folder holding {CIFAR_FORMAT}", str(d.root))
+        require(folder.is_dir(), "data.root", f"an existing folder holding {CIFAR_FORMAT}", str(d.root))
         for name in (*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE, CIFAR_META_FILE):
             if not (folder / name).is_file():
                 raise ConfigError(f"CIFAR-10 file {folder / name} is missing; data.root must hold {CIFAR_FORMAT}")
-        _require(d.n_train >= 1, "data.n_train", "an integer >= 1", d.n_train)
-        _require(d.n_test >= 0, "data.n_test", "an integer >= 0", d.n_test)
-        _require_memory(8.0 * 2 * 3072 * (d.n_train + d.n_test), "the CIFAR-10 images (float64, raw and scaled)",
+        require(d.n_train >= 1, "data.n_train", "an integer >= 1", d.n_train)
+        require(d.n_test >= 0, "data.n_test", "an integer >= 0", d.n_test)
+        require_memory(8.0 * 2 * 3072 * (d.n_train + d.n_test), "the CIFAR-10 images (float64, raw and scaled)",
                         "data.n_train")
 
 
@@ -271,11 +258,11 @@ def load_cifar10(cfg: Any, dtype: Any = torch.float64) -> FullBatchData:
     _check_meta(folder / CIFAR_META_FILE)
     train_paths = [folder / name for name in CIFAR_TRAIN_FILES]
     x, y, have = _take(train_paths, section.n_train)
-    _require(have == section.n_train, "data.n_train",
+    require(have == section.n_train, "data.n_train",
              f"at most the {have} training examples in {folder}/data_batch_1..5", section.n_train)
     x_test = y_test = None
     if section.n_test:
         x_test, y_test, have = _take([folder / CIFAR_TEST_FILE], section.n_test)
-        _require(have == section.n_test, "data.n_test",
+        require(have == section.n_test, "data.n_test",
                  f"at most the {have} examples in {folder / CIFAR_TEST_FILE}", section.n_test)
     return _full_batch(x, y, x_test, y_test, _dtype(dtype))

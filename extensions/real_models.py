@@ -22,7 +22,7 @@ from torch import nn
 
 from extensions import real_data  # noqa: F401  (registers the data kinds digits and cifar10)
 from extensions.mlp import ACTIVATIONS, mlp
-from shallownet.config import ConfigError
+from shallownet.config import ConfigError, require
 from shallownet.registry import FullBatchData, register_model
 
 LOSS = "half_sum_mse"
@@ -30,10 +30,6 @@ DEFAULT_DATA = "digits"
 
 
 # --- helpers -----------------------------------------------------------------------------------------
-
-def _require(condition: bool, key: str, allowed: str, value: Any) -> None:
-    if not condition:
-        raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
 
 
 def _section(cfg: Any) -> Any:
@@ -43,15 +39,15 @@ def _section(cfg: Any) -> Any:
 
 def _check_common(section: Any) -> None:
     if hasattr(section, "activation"):
-        _require(section.activation in ACTIVATIONS, "model.activation", f"one of {', '.join(ACTIVATIONS)}",
+        require(section.activation in ACTIVATIONS, "model.activation", f"one of {', '.join(ACTIVATIONS)}",
                  section.activation)
-    _require(section.num_outputs is None or section.num_outputs >= 1, "model.num_outputs",
+    require(section.num_outputs is None or section.num_outputs >= 1, "model.num_outputs",
              "null or an integer >= 1", section.num_outputs)
 
 
 def _positive_list(values: Any, key: str) -> list[int]:
     values = list(values)
-    _require(len(values) >= 1 and all(int(v) >= 1 for v in values), key, "a non-empty list of integers >= 1",
+    require(len(values) >= 1 and all(int(v) >= 1 for v in values), key, "a non-empty list of integers >= 1",
              values)
     return [int(v) for v in values]
 
@@ -85,7 +81,7 @@ class CNNConfig:
     def validate(cfg: Any) -> None:
         m = _section(cfg)
         _positive_list(m.channels, "model.channels")
-        _require(m.kernel_size >= 1 and m.kernel_size % 2 == 1, "model.kernel_size", "an odd integer >= 1",
+        require(m.kernel_size >= 1 and m.kernel_size % 2 == 1, "model.kernel_size", "an odd integer >= 1",
                  m.kernel_size)
         _check_common(m)
 
@@ -103,8 +99,8 @@ class VGGConfig:
     def validate(cfg: Any) -> None:
         m = _section(cfg)
         _positive_list(m.channels, "model.channels")
-        _require(m.convs_per_stage >= 1, "model.convs_per_stage", "an integer >= 1", m.convs_per_stage)
-        _require(m.hidden >= 0, "model.hidden", "an integer >= 0 (0: no hidden fully connected layer)", m.hidden)
+        require(m.convs_per_stage >= 1, "model.convs_per_stage", "an integer >= 1", m.convs_per_stage)
+        require(m.hidden >= 0, "model.hidden", "an integer >= 0 (0: no hidden fully connected layer)", m.hidden)
         _check_common(m)
 
 
