@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import torch
-from bench_sweep import machine  # this folder is on sys.path when a benchmark runs as a script
+from bench_sweep import best_rate, machine  # this folder is on sys.path when a benchmark runs as a script
 
 from shallownet.sweep.chain import chain_grid, run_chain_grid
 from shallownet.sweep.chain_kernel import flops_per_config_step, run_chain_numba
@@ -35,16 +35,6 @@ FP_PORTS = 2  # vector floating-point instructions issued per cycle per core
 FP64_FLOPS = {"H100 PCIe": 25.6e12, "H100": 34e12, "H200": 34e12, "GH200": 34e12, "A100": 9.7e12,
               "V100": 7.8e12, "B200": 40e12}
 GPU_TARGET = 1e11
-
-
-def best_rate(fn, repeats=3):
-    """Highest config-steps/s over repeats; fn() returns the config-steps it did."""
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        done = fn()
-        best = max(best, done / (time.perf_counter() - start))
-    return best
 
 
 def busy_chains(n, depth, seed=0):

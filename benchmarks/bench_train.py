@@ -66,20 +66,30 @@ def lightning(cfg) -> tuple[float, dict]:
     return (clock.end - clock.start) / clock.steps, metrics
 
 
-def bare(cfg, sharpness_every: int = 0) -> float:
-    """Seconds per step of plain PyTorch full-batch GD on the same model and data (and the same tracker)."""
+def plain_gd(cfg):
+    """The run's model, loss and data outside Lightning, and one full-batch GD step on them (bare PyTorch)."""
     kind = registry.model_kind(cfg.model.kind)
     data = registry.data_kind(cfg.data.kind).load(cfg, getattr(torch, cfg.train.dtype))
     model, loss_fn = kind.build(cfg, data), LOSSES[cfg.loss or kind.loss]
     params = [p for p in model.parameters() if p.requires_grad]
-    tracker = EigenTracker(tol=cfg.monitor.sharpness.tol, max_iter=cfg.monitor.sharpness.max_iter)
-    lr, steps = cfg.optim.lr, cfg.train.max_steps
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
+
+    def step():
         grads = torch.autograd.grad(loss_fn(model(data.x), data.y), params)
         with torch.no_grad():
             for p, g in zip(params, grads, strict=True):
-                p.sub_(lr * g)
+                p.sub_(cfg.optim.lr * g)
+
+    return model, loss_fn, data, step
+
+
+def bare(cfg, sharpness_every: int = 0) -> float:
+    """Seconds per step of plain PyTorch full-batch GD on the same model and data (and the same tracker)."""
+    model, loss_fn, data, gd_step = plain_gd(cfg)
+    tracker = EigenTracker(tol=cfg.monitor.sharpness.tol, max_iter=cfg.monitor.sharpness.max_iter)
+    steps = cfg.train.max_steps
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        gd_step()
         if sharpness_every and step % sharpness_every == 0:
             operator = HessianOperator(model, loss_fn, (data.x, data.y))
             tracker.solve(operator)
@@ -88,20 +98,13 @@ def bare(cfg, sharpness_every: int = 0) -> float:
 
 
 def fastest(repeats: int, *timers):
-    """The fastest of `repeats` calls of each timer, the timers called in turn (their first result only)."""
-    return [min(times) for times in zip(*([first(t()) for t in timers] for _ in range(repeats)), strict=True)]
-
-
-def first(result):
-    return result[0] if isinstance(result, tuple) else result
+    """The fastest of `repeats` calls of each timer (seconds), the timers called in turn."""
+    return [min(times) for times in zip(*([t() for t in timers] for _ in range(repeats)), strict=True)]
 
 
 def reference_sharpness(cfg, steps: list[int]) -> dict[int, float]:
     """The top Hessian eigenvalue, solved to residual 1e-11, after each of `steps` GD steps of the bare loop."""
-    kind = registry.model_kind(cfg.model.kind)
-    data = registry.data_kind(cfg.data.kind).load(cfg, getattr(torch, cfg.train.dtype))
-    model, loss_fn = kind.build(cfg, data), LOSSES[cfg.loss or kind.loss]
-    params = [p for p in model.parameters() if p.requires_grad]
+    model, loss_fn, data, gd_step = plain_gd(cfg)
     values, vector = {}, None
     for step in range(max(steps) + 1):
         if step in steps:
@@ -109,10 +112,7 @@ def reference_sharpness(cfg, steps: list[int]) -> dict[int, float]:
             result = lanczos(operator, vector, tol=1e-11, max_iter=1000)
             operator.release()
             values[step], vector = result.value, result.vector
-        grads = torch.autograd.grad(loss_fn(model(data.x), data.y), params)
-        with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
-                p.sub_(cfg.optim.lr * g)
+        gd_step()
     return values
 
 
@@ -146,14 +146,14 @@ def main() -> None:
          config(f"train.max_steps={max(steps // 4, 10)}", "model.kind=cnn", *quiet), 0),
     ]
     for name, cfg, every in rows:
-        lit, plain = fastest(repeats, lambda cfg=cfg: lightning(cfg), lambda cfg=cfg, every=every: bare(cfg, every))
+        lit, plain = fastest(repeats, lambda cfg=cfg: lightning(cfg)[0], lambda cfg=cfg, every=every: bare(cfg, every))
         print(f"{name:44s} {lit * 1e3:7.2f} ms {plain * 1e3:7.2f} ms {lit / plain:6.2f}x")
 
     mlp = config(*common, "model.kind=mlp", *quiet)
     print(f"\nsharpness monitor on the digits MLP (lr {mlp.optim.lr}, warm-started Lanczos); error: largest "
           "relative error of the logged sharpness against a residual-1e-11 solve, every 10 steps")
     reference = reference_sharpness(mlp, list(range(0, steps + 1, 10)))
-    base = fastest(repeats, lambda: lightning(mlp))[0]
+    base = fastest(repeats, lambda: lightning(mlp)[0])[0]
     for tol in (1e-6, 1e-3):
         for every in (1, 10):  # one run each: a solve costs several GD steps, the noise is small beside it
             cost, metrics = lightning(config(*common, "model.kind=mlp", "monitor.every_n_steps=1000000",
@@ -167,7 +167,7 @@ def main() -> None:
 
     print("\nchunked gradients on the digits MLP (1500 rows), the same full-batch GD")
     chunked = [config(*common, "model.kind=mlp", *quiet, f"train.chunk_size={chunk}") for chunk in (500, 100)]
-    base, *costs = fastest(repeats, *(lambda cfg=cfg: lightning(cfg) for cfg in (mlp, *chunked)))
+    base, *costs = fastest(repeats, *(lambda cfg=cfg: lightning(cfg)[0] for cfg in (mlp, *chunked)))
     print(f"  chunk_size none: {base * 1e3:7.2f} ms per step")
     for cfg, cost in zip(chunked, costs, strict=True):
         print(f"  chunk_size {cfg.train.chunk_size:>4}: {cost * 1e3:7.2f} ms per step = {cost / base:5.2f}x one chunk")
