@@ -39,6 +39,11 @@ def measuring(model: nn.Module) -> Iterator[None]:
             buffer.copy_(saved)
 
 
+def _euclidean_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """|(t_1, ..., t_n)|_2 of the tensors taken as one vector (the same sum, in the same order, everywhere)."""
+    return torch.sqrt(sum(t.square().sum() for t in tensors))
+
+
 class FullBatchModule(L.LightningModule):
     """Full-batch training of `model` on the data of the trainer's FullBatchDataModule (or `use_data`).
 
@@ -202,7 +207,7 @@ class FullBatchModule(L.LightningModule):
             local, grads = dict(zip(local, reduced[:len(local)], strict=True)), reduced[len(local):]
         result = {"loss": local["loss"], **values}
         if not callable(known):
-            result["grad_norm"] = torch.sqrt(sum(g.square().sum() for g in grads))
+            result["grad_norm"] = _euclidean_norm(grads)
         if "hits" in local:
             result["accuracy"] = local["hits"].to(data.x.dtype) / self._total()
             if "test_hits" in local:
@@ -230,7 +235,7 @@ class FullBatchModule(L.LightningModule):
 
     def _gradient_norm(self) -> torch.Tensor:
         grads = self._sum_over_ranks(self._local_gradient())
-        return torch.sqrt(sum(g.square().sum() for g in grads))
+        return _euclidean_norm(grads)
 
     # --- judging and stepping --------------------------------------------------------------------------
 
@@ -261,7 +266,7 @@ class FullBatchModule(L.LightningModule):
         if self.convergence == "loss" and loss is not None:
             return float(loss)
         if self.convergence == "grad_norm" and have_gradient:
-            return float(torch.sqrt(sum(p.grad.square().sum() for p in self.model.parameters())))
+            return float(_euclidean_norm([p.grad for p in self.model.parameters()]))
         with measuring(self.model):  # only a fresh forward can draw random numbers or move buffers
             return float(self.full_batch_loss() if self.convergence == "loss" else self._gradient_norm())
 
