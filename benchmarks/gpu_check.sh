@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, run on a CUDA machine from the repository root (a few minutes):
 #   bash benchmarks/gpu_check.sh
-# It runs the CUDA-marked tests, one CUDA training run and the GPU benchmarks. Wheels in .whl/ (if any)
-# supply packages the machine lacks (e.g. omegaconf on the lent GPU machines, which have no network).
+# It runs the CUDA-marked tests, one CUDA training run and the GPU benchmarks. Wheels in .whl/ supply packages
+# the machine lacks (omegaconf on the lent GPU machines, which have no network): make them here first with
+# `bash benchmarks/gpu_wheels.sh` and carry .whl.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" >/dev/null; then

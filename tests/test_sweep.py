@@ -14,7 +14,8 @@ from shallownet.sweep.kernel import run_uv_numba
 from shallownet.sweep.torch_paths import run_uv_torch
 from tests.conftest import CONFIGS, read_summary
 
-RULE = StopRule(tol=1e-8, divergence_norm=1e12, max_steps=400)
+# An odd budget: the kernels take two steps per pass over a block and the last one alone.
+RULE = StopRule(tol=1e-8, divergence_norm=1e12, max_steps=401)
 FIELDS = ("residual", "norm", "factor", "max_step", "steps")
 
 

@@ -1,9 +1,10 @@
 """The CPU kernel for depth-L scalar chains: many GD runs of f = w_1 ... w_L at once (theory.md 8.2).
 
 Loss 1/2 (p - Phi)^2 with p = prod_l w_l; one GD step is w_l' = w_l - eta eps g_l, g_l = prod_(k != l) w_k.
-Same layout and rules as the shallow kernel (kernel.py): blocks of BLOCK lanes stepped in lockstep with
-branch-free masked updates (SIMD over lanes), blocks dealt cyclically to workers, no fastmath, values
-below the smallest normal float64 flushed to 0, and the stop rule re-evaluated from the state every step.
+Same layout and rules as the shallow kernel (kernel.py): blocks of BLOCK lanes stepped in lockstep,
+STEPS_PER_PASS steps per load and store of a lane's state, with branch-free masked updates (SIMD over
+lanes), blocks dealt cyclically to workers, no fastmath, values below the smallest normal float64 flushed
+to 0, and the stop rule re-evaluated from the state every step.
 
 The per-step arithmetic, in this order (0-based layers; every backend repeats it operation for operation,
 which is what makes them agree bit for bit):
@@ -35,7 +36,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from shallownet.sweep.kernel import TINY
+from shallownet.sweep.kernel import STEPS_PER_PASS, TINY
 
 BLOCK = 256  # lanes stepped in lockstep: a block's state (L + 4 arrays of BLOCK numbers) stays in L1
 WORKERS_PER_THREAD = 8  # blocks are dealt cyclically to this many workers per thread, to balance load
@@ -68,6 +69,48 @@ def _stack_buffer(typingctx, depth_tag):
     return types.CPointer(types.float64)(depth_tag), codegen
 
 
+@njit(inline="always")
+def _lane_step(x, suffix, depth, f, top, k, rate, phi, tol, divergence_norm):
+    """One step of one lane: updates its weights x in place and returns its new P, max eta|eps|, step
+    count, and whether it was active. suffix is scratch (suffix[l] = w_(l+1) ... w_(L-1))."""
+    last = depth - 1
+    s = x[last]
+    suffix[depth - 2] = s
+    for j in range(depth - 3, -1, -1):
+        s = x[j + 1] * s
+        suffix[j] = s
+    p = x[0] * s
+    norm = x[0] * x[0]
+    for j in range(1, depth):
+        norm = norm + x[j] * x[j]
+    eps = p - phi
+    # NaN fails both comparisons, so a non-finite lane stops too.
+    active = (abs(eps) > tol) & (norm <= divergence_norm)
+    e = rate * eps
+    e = e if active else 0.0
+    m = 1.0
+    for j in range(1, last):
+        m = m * x[j]
+    em = e * m
+    f_next = f * (1.0 - em * em)
+    f_next = 0.0 if abs(f_next) < TINY else f_next  # comparisons are False for NaN: it is kept
+    f = f_next if active else f
+    q = x[0]  # prefix product w_0 ... w_(l-1)
+    w_next = q - e * s
+    w_next = 0.0 if abs(w_next) < TINY else w_next
+    x[0] = w_next if active else q
+    for j in range(1, last):
+        xj = x[j]
+        w_next = xj - e * (q * suffix[j])
+        w_next = 0.0 if abs(w_next) < TINY else w_next
+        x[j] = w_next if active else xj
+        q = q * xj
+    w_next = x[last] - e * q
+    w_next = 0.0 if abs(w_next) < TINY else w_next
+    x[last] = w_next if active else x[last]
+    return f, max(top, abs(e)), k + active, active
+
+
 @njit(cache=True)
 def _run_block(w, factor, max_step, steps, eta, phi, tol, divergence_norm, max_steps, depth_tag):
     """Advance one block in place until every lane stops or max_steps steps are taken.
@@ -76,52 +119,28 @@ def _run_block(w, factor, max_step, steps, eta, phi, tol, divergence_norm, max_s
     needs no runtime alias checks between them); factor, max_step, steps, eta: [BLOCK].
     """
     depth = len(depth_tag)  # a compile-time constant: the loops over layers unroll
-    last = depth - 1
     x = _stack_buffer(depth_tag)  # this lane's weights
-    suffix = _stack_buffer(depth_tag)  # suffix[l] = w_(l+1) ... w_(L-1)
-    for _ in range(max_steps):
-        n_active = 0
+    suffix = _stack_buffer(depth_tag)
+    done = 0
+    while done < max_steps:
+        chunk = STEPS_PER_PASS if max_steps - done >= STEPS_PER_PASS else 1
+        n_active = 0  # lanes that stepped in the pass's last step (a stopped lane stays stopped)
         for i in range(BLOCK):
-            # Every weight is loaded once and written once: a store of a value just re-loaded from the same
-            # place would be turned into a masked store, which is slow on x86.
             for j in range(depth):
                 x[j] = w[j * BLOCK + i]
-            s = x[last]
-            suffix[depth - 2] = s
-            for j in range(depth - 3, -1, -1):
-                s = x[j + 1] * s
-                suffix[j] = s
-            p = x[0] * s
-            norm = x[0] * x[0]
-            for j in range(1, depth):
-                norm = norm + x[j] * x[j]
-            eps = p - phi
-            # NaN fails both comparisons, so a non-finite lane stops too.
-            active = (abs(eps) > tol) & (norm <= divergence_norm)
-            e = eta[i] * eps
-            e = e if active else 0.0
-            m = 1.0
-            for j in range(1, last):
-                m = m * x[j]
-            em = e * m
-            f_next = factor[i] * (1.0 - em * em)
-            f_next = 0.0 if abs(f_next) < TINY else f_next  # comparisons are False for NaN: it is kept
-            factor[i] = f_next if active else factor[i]
-            q = x[0]  # prefix product w_0 ... w_(l-1)
-            w_next = q - e * s
-            w_next = 0.0 if abs(w_next) < TINY else w_next
-            w[i] = w_next if active else q
-            for j in range(1, last):
-                w_next = x[j] - e * (q * suffix[j])
-                w_next = 0.0 if abs(w_next) < TINY else w_next
-                w[j * BLOCK + i] = w_next if active else x[j]
-                q = q * x[j]
-            w_next = x[last] - e * q
-            w_next = 0.0 if abs(w_next) < TINY else w_next
-            w[last * BLOCK + i] = w_next if active else x[last]
-            max_step[i] = max(max_step[i], abs(e))
-            steps[i] += active
+            f, top, k, rate = factor[i], max_step[i], steps[i], eta[i]
+            if chunk == STEPS_PER_PASS:
+                for _ in range(STEPS_PER_PASS):  # a constant trip count: unrolled, so the lane loop vectorises
+                    f, top, k, active = _lane_step(x, suffix, depth, f, top, k, rate, phi, tol, divergence_norm)
+            else:
+                f, top, k, active = _lane_step(x, suffix, depth, f, top, k, rate, phi, tol, divergence_norm)
+            # Every value is stored once, unconditionally: a store of a value just re-loaded from the same
+            # place would be turned into a masked store, which is slow on x86.
+            for j in range(depth):
+                w[j * BLOCK + i] = x[j]
+            factor[i], max_step[i], steps[i] = f, top, k
             n_active += active
+        done += chunk
         if n_active == 0:
             return
 
