@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import sys
 import time
 
 import torch
@@ -40,6 +41,8 @@ def hvp_costs_ms(fwd_rev: HessianOperator, dbl_bwd: HessianOperator, v: torch.Te
 
 
 def main() -> None:
+    if not torch.cuda.is_available():
+        sys.exit("bench_curvature_gpu.py: needs a CUDA device (torch.cuda.is_available() is False)")
     x, y = load_digits()
     cpu_model = mlp([64, 256, 256, 10], "tanh", seed=0)
     reference = top_eigenvalue(HessianOperator(cpu_model, F.cross_entropy, (x, y)), tol=1e-10).value

@@ -150,6 +150,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="also time the torch paths here (e.g. cuda)")
     parser.add_argument("--skip-end-to-end", action="store_true")
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch sees no CUDA device")
 
     cores, mhz, lanes, avx512 = machine()
     bound = cores * mhz * 1e6 * FP_PORTS * lanes / FLOPS_PER_CONFIG_STEP

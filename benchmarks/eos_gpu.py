@@ -50,6 +50,8 @@ def main() -> None:
             capture_output=True, text=True)
         wall = time.perf_counter() - start
         print(done.stdout[-3000:] or done.stderr[-3000:])
+        if done.returncode:
+            sys.exit(f"eos_gpu.py: the run exited with status {done.returncode} (its output is above)")
         summary = json.loads(next(Path(tmp, "runs").rglob("summary.json")).read_text())
     print(f"edge-of-stability run on 5000 CIFAR-shaped images, {steps} steps x {len(summary['rows'])} step sizes: "
           f"{wall:.1f} s end to end (target < 60 s)")
