@@ -8,18 +8,23 @@ Theory lines on every map: eta = 2 / (L |Phi|^(2-2/L)), beyond which no minimum 
 eta = 2 / S_GF, the edge of stability of the minimum gradient flow reaches from each initial point.
 `chain_sharpness_curves`: final sharpness against eta for a few scales, with S_GF, 2/eta and L|Phi|^(2-2/L).
 
-matplotlib is imported inside the functions (it costs seconds); figures are matplotlib Figures (no pyplot
-state), to be saved as PNG or sent to TensorBoard.
+Figures are matplotlib Figures (no pyplot state), to be saved as PNG or sent to TensorBoard; the sweep
+command imports this module only once its input is known good (matplotlib costs seconds).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+from matplotlib.colors import LogNorm, TwoSlopeNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from shallownet.sweep.engine import CONVERGED, DIVERGED, MAX_STEPS
-from shallownet.sweep.figures import mark_cells
+from shallownet.sweep.figures import draw_map, log_axis, mark_cells, readable_log_ticks
 
 DIVERGED_COLOUR = "black"
 MAX_STEPS_COLOUR = "#a6a6a6"  # mid grey: apart from white (0 on the imbalance map) and every colour map
@@ -48,11 +53,6 @@ def save_chain_figures(recs: dict, folder, max_steps: int | None = None, tol: fl
 
 
 def chain_maps(recs: dict, max_steps: int | None = None, tol: float | None = None):
-    from matplotlib.colors import LogNorm, TwoSlopeNorm
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
     outcome = recs["outcome"]
     depth, phi = int(recs["depth"]), float(recs["phi"])
     fig = Figure(figsize=(18, 5.8), layout="constrained")
@@ -61,7 +61,7 @@ def chain_maps(recs: dict, max_steps: int | None = None, tol: float | None = Non
     sharp = np.ma.masked_where(outcome != CONVERGED, recs["sharpness_over_least"])
     finite = sharp.compressed()[np.isfinite(sharp.compressed())]
     top = max(float(finite.max()), 1.5) if finite.size else 10.0
-    mesh = _map(sharp_ax, recs, sharp, "viridis", LogNorm(vmin=1.0, vmax=top))
+    mesh = draw_map(sharp_ax, recs, sharp, "viridis", LogNorm(vmin=1.0, vmax=top), label_size="large")
     _log_colorbar(fig, mesh, sharp_ax, f"S / (L Φ^(2-2/L)) = S / {float(recs['least_sharpness']):.4g}")
     sharp_ax.set_title("final sharpness over the least of any minimum")
 
@@ -70,14 +70,14 @@ def chain_maps(recs: dict, max_steps: int | None = None, tol: float | None = Non
     low = min(float(ratio.min()), -1e-3) if ratio.count() else -1.0
     high = max(float(ratio.max()), 1e-3) if ratio.count() else 1.0
     norm = TwoSlopeNorm(vcenter=0.0, vmin=max(low, -1.0), vmax=high)
-    mesh = _map(ratio_ax, recs, ratio, "RdBu_r", norm)
+    mesh = draw_map(ratio_ax, recs, ratio, "RdBu_r", norm, label_size="large")
     fig.colorbar(mesh, ax=ratio_ax, extend="min" if low < -1.0 else "neither",
                  label="(w_1² − w_L²)(T) / (w_1² − w_L²)(0)   (P: product of per-step factors)")
     ratio_ax.set_title("imbalance kept by GD")
 
     steps = np.ma.masked_where((outcome != CONVERGED) | (recs["steps"] < 1), recs["steps"].astype(float))
     top = max(float(steps.max()), 10.0) if steps.count() else 10.0
-    mesh = _map(steps_ax, recs, steps, "magma_r", LogNorm(vmin=1.0, vmax=top))
+    mesh = draw_map(steps_ax, recs, steps, "magma_r", LogNorm(vmin=1.0, vmax=top), label_size="large")
     _log_colorbar(fig, mesh, steps_ax, "steps to |ε| ≤ tol" if tol is None else f"steps to |ε| ≤ {tol:g}")
     mark_cells(steps_ax, recs, (outcome == CONVERGED) & (recs["steps"] == 0), ZERO_STEPS_COLOUR)
     steps_ax.set_title("time to converge")
@@ -103,9 +103,6 @@ def chain_maps(recs: dict, max_steps: int | None = None, tol: float | None = Non
 
 def chain_sharpness_curves(recs: dict):
     """Final sharpness versus eta for a few initial scales, against S_GF, 2/eta and L Phi^(2-2/L)."""
-    import matplotlib
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(10, 5.6), layout="constrained")
     ax = fig.subplots()
     eta, scale = recs["eta"], recs["scale"]
@@ -124,29 +121,18 @@ def chain_sharpness_curves(recs: dict):
                label="η = 2/(L Φ^(2-2/L))")
     ax.plot([], [], "k--", lw=1, label="S_GF of each scale (dashed)")
     ax.plot([], [], "kx", ms=4, alpha=0.5, label="not converged (state at T)")
-    _log_axis(ax, "x", eta)
+    log_axis(ax, "x", eta)
     ax.set_yscale("log")
     # No minimum is flatter than L Phi^(2-2/L); the range covers the converged runs and S_GF.
     converged = recs["final_sharpness"][:, rows][recs["outcome"][:, rows] == CONVERGED]
     top = max(np.nanmax(recs["gf_sharpness"][rows]), converged.max() if converged.size else least)
     ax.set_ylim(0.8 * least, 1.5 * top)
-    _readable_log_ticks(ax.yaxis, 0.8 * least, 1.5 * top)
+    readable_log_ticks(ax.yaxis, 0.8 * least, 1.5 * top)
     ax.set_xlabel("step size η")
     ax.set_ylabel("final sharpness (largest Hessian eigenvalue)")
     ax.set_title(f"depth {int(recs['depth'])}: final sharpness against S_GF, 2/η and the flattest minimum")
     fig.legend(fontsize="small", loc="outside right upper")
     return fig
-
-
-def _map(ax, recs, values, cmap, norm):
-    mesh = ax.pcolormesh(recs["eta"], recs["scale"], values.T, cmap=cmap, norm=norm, shading="nearest")
-    _log_axis(ax, "x", recs["eta"])
-    _log_axis(ax, "y", recs["scale"])
-    ax.set_xlabel("step size η", fontsize="large")
-    ax.set_ylabel("initial scale s", fontsize="large")
-    ax.set_xlim(recs["eta"][0], recs["eta"][-1])
-    ax.set_ylim(recs["scale"][0], recs["scale"][-1])
-    return mesh
 
 
 def _theory_lines(ax, recs):
@@ -156,29 +142,5 @@ def _theory_lines(ax, recs):
 
 def _log_colorbar(fig, mesh, ax, label):
     bar = fig.colorbar(mesh, ax=ax, label=label)
-    _readable_log_ticks(bar.ax.yaxis, mesh.norm.vmin, mesh.norm.vmax)
+    readable_log_ticks(bar.ax.yaxis, mesh.norm.vmin, mesh.norm.vmax)
     return bar
-
-
-def _log_axis(ax, which, values):
-    """Log scale for log-spaced values, with ticks at 1, 2, 5 x 10^k written as plain numbers."""
-    if _log_spaced(values):
-        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-        _readable_log_ticks(ax.xaxis if which == "x" else ax.yaxis, values.min(), values.max())
-
-
-def _readable_log_ticks(axis, low, high):
-    """Ticks at 1, 2, 5 x 10^k over wide ranges, denser over ranges of about a decade or less."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    decades = np.log10(high / low) if low > 0 and high > low else 1.0
-    subs = (1.0, 2.0, 5.0) if decades > 1.6 else (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
-    axis.set_major_locator(LogLocator(base=10.0, subs=subs))
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
-def _log_spaced(values: np.ndarray) -> bool:
-    values = np.asarray(values, dtype=np.float64)
-    return values.size > 2 and bool((values > 0).all()) and bool(
-        np.allclose(np.diff(np.log(values)), np.log(values[1] / values[0])))

@@ -12,13 +12,14 @@ import numpy as np
 from matplotlib.colors import ListedColormap, LogNorm, TwoSlopeNorm
 from matplotlib.figure import Figure  # not pyplot: no global state, no GUI backend
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from shallownet.sweep.engine import CONVERGED, DIVERGED, MAX_STEPS
 
 DIVERGED_COLOUR = "black"
 MAX_STEPS_COLOUR = "#d9d9d9"
 N_SHARPNESS_CURVES = 5
+MAP_YLABEL = "initial scale s  (λ(0) = 2 s² for the imbalanced init)"
 ETA_LAMBDA0 = (0.5, 1.0, 2.0)  # lines of constant eta * lambda(0): the caption reasons in this product
 
 
@@ -30,7 +31,7 @@ def figure3(recs: dict, phi: float, max_steps: int, tol: float):
 
     ratio = np.ma.masked_where(outcome == DIVERGED, recs["imbalance_ratio"])
     low = min(float(ratio.min()), -1e-3) if ratio.count() else -1.0
-    mesh = _map(left, recs, ratio, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=1.0))
+    mesh = draw_map(left, recs, ratio, "RdBu_r", TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=1.0), MAP_YLABEL)
     fig.colorbar(mesh, ax=left, label="Q(T) / Q(0) = P")
     hatch_cells(left, recs, outcome == MAX_STEPS)  # P there is the state at T, often about 0: not white's 0
     left.set_title("imbalance kept by GD: Q(T)/Q(0) = Π (1 − η² ε_t²)")
@@ -39,8 +40,9 @@ def figure3(recs: dict, phi: float, max_steps: int, tol: float):
     steps = np.ma.masked_less(steps, 1)  # runs that start converged have no place on a log scale
     reached = steps.compressed()  # a grid where nothing converged still gets a valid colour scale
     low = float(reached.min()) if reached.size else 1.0
-    mesh = _map(right, recs, steps, cmap="viridis",
-                norm=LogNorm(vmin=low, vmax=max(float(reached.max()) if reached.size else max_steps, 10 * low)))
+    mesh = draw_map(right, recs, steps, "viridis",
+                    LogNorm(vmin=low, vmax=max(float(reached.max()) if reached.size else max_steps, 10 * low)),
+                    MAP_YLABEL)
     fig.colorbar(mesh, ax=right, label=f"steps to |ε| ≤ {tol:g}")
     mark_cells(right, recs, outcome == MAX_STEPS, MAX_STEPS_COLOUR)
     right.set_title("time to converge")
@@ -82,11 +84,12 @@ def sharpness_panel(recs: dict, phi: float):
     ax.axvline(1.0 / phi, color="grey", ls=":", lw=1.2, label="η = 1/Φ")
     ax.plot([], [], "k--", lw=1, label="λ_GF of each scale (dashed)")
     ax.plot([], [], "k|", ms=6, label="diverged (ticks along the top)")
-    ax.set_xscale("log" if _log_spaced(eta) else "linear")
+    log_axis(ax, "x", eta)
     ax.set_yscale("log")
     if finite.size:
-        ax.set_ylim(0.5 * min(finite.min(), 2 * phi), top)
-    plain_log_ticks(ax)
+        low = 0.5 * min(finite.min(), 2 * phi)
+        ax.set_ylim(low, top)
+        readable_log_ticks(ax.yaxis, low, top)
     ax.set_xlabel("step size η")
     ax.set_ylabel("sharpness at the end (largest Hessian eigenvalue)")
     ax.set_title("GD ends flatter than GF, and below 2/η (converged runs; gaps: not converged)")
@@ -94,13 +97,14 @@ def sharpness_panel(recs: dict, phi: float):
     return fig
 
 
-def _map(ax, recs, values, cmap, norm):
+def draw_map(ax, recs, values, cmap, norm, ylabel="initial scale s", label_size=None):
+    """values [eta, scale] as coloured cells over step size (x) and initial scale (y), on log axes where
+    the grid is log-spaced."""
     mesh = ax.pcolormesh(recs["eta"], recs["scale"], values.T, cmap=cmap, norm=norm, shading="nearest")
-    ax.set_xscale("log" if _log_spaced(recs["eta"]) else "linear")
-    ax.set_yscale("log" if _log_spaced(recs["scale"]) else "linear")
-    plain_log_ticks(ax)
-    ax.set_xlabel("step size η")
-    ax.set_ylabel("initial scale s  (λ(0) = 2 s² for the imbalanced init)")
+    log_axis(ax, "x", recs["eta"])
+    log_axis(ax, "y", recs["scale"])
+    ax.set_xlabel("step size η", fontsize=label_size)
+    ax.set_ylabel(ylabel, fontsize=label_size)
     ax.set_xlim(recs["eta"][0], recs["eta"][-1])
     ax.set_ylim(recs["scale"][0], recs["scale"][-1])
     return mesh
@@ -120,18 +124,6 @@ def hatch_cells(ax, recs, where):
                     hatches=["///"])
 
 
-def plain_log_ticks(ax):
-    """Log axes labelled 0.1, 0.2, 0.5, 1, 2 rather than 10^-1, 2x10^-1: readable in a paper."""
-    def label(value, _):
-        mantissa = value / 10 ** np.floor(np.log10(value))
-        return f"{value:g}" if np.isclose(mantissa, [1, 2, 5]).any() else ""
-
-    for axis in (ax.xaxis, ax.yaxis):
-        if axis.get_scale() == "log":
-            axis.set_major_formatter(FuncFormatter(label))
-            axis.set_minor_formatter(FuncFormatter(label))
-
-
 def _eta_lambda0_lines(ax, recs):
     """Lines of constant eta * lambda(0), the caption's variable: eta lambda(0) = 0.5, 1, 2."""
     for n, product in enumerate(ETA_LAMBDA0):
@@ -146,5 +138,24 @@ def _theory_lines(ax, recs, phi):
     ax.axvline(1.0 / phi, color="magenta", lw=1.6, ls=":", label="η = 1/Φ")
 
 
-def _log_spaced(values: np.ndarray) -> bool:
-    return values.size > 2 and bool(np.allclose(np.diff(np.log(values)), np.log(values[1] / values[0])))
+def log_axis(ax, which, values):
+    """Log scale for log-spaced values, with ticks at 1, 2, 5 x 10^k written as plain numbers."""
+    if log_spaced(values):
+        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+        readable_log_ticks(ax.xaxis if which == "x" else ax.yaxis, values.min(), values.max())
+
+
+def readable_log_ticks(axis, low, high):
+    """Ticks at 1, 2, 5 x 10^k over wide ranges, denser over ranges of about a decade or less, labelled
+    0.1, 0.2, 0.5 rather than 10^-1 (readable in a paper)."""
+    decades = np.log10(high / low) if low > 0 and high > low else 1.0
+    subs = (1.0, 2.0, 5.0) if decades > 1.6 else (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+    axis.set_major_locator(LogLocator(base=10.0, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def log_spaced(values: np.ndarray) -> bool:
+    values = np.asarray(values, dtype=np.float64)
+    return values.size > 2 and bool((values > 0).all()) and bool(
+        np.allclose(np.diff(np.log(values)), np.log(values[1] / values[0])))
