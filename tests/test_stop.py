@@ -15,7 +15,7 @@ from shallownet.model import ScalarLinearNet
 from shallownet.module import FullBatchModule
 from shallownet.optim import GradientDescent
 from shallownet.registry import FullBatchData
-from shallownet.stop import CONVERGED, DIVERGED, INTERRUPTED, MAX_STEPS, MAX_TIME, OUTCOMES, StopRule
+from shallownet.stop import CONVERGED, DIVERGED, GO_ON, INTERRUPTED, MAX_STEPS, MAX_TIME, OUTCOMES, StopRule
 from shallownet.sweep.engine import simulate
 from shallownet.training import fit
 
@@ -56,7 +56,7 @@ def test_the_scalar_and_the_vectorised_forms_of_the_rule_agree():
              for i in (False, True)]
     codes = rule.classify(*map(np.array, zip(*cases, strict=True)))
     for case, code in zip(cases, codes, strict=True):
-        assert rule.judge(*case) == (None if code == -1 else OUTCOMES[code]), case
+        assert rule.judge(*case) == (None if code == GO_ON else OUTCOMES[code]), case
 
 
 def lightning_outcome(a: float, b: float) -> tuple[str, int]:

@@ -15,9 +15,10 @@ class EigenTracker:
     start vector costs one HVP. On an earlier digits MLP run (residual 1e-6, lr 0.5), HVPs per solve for depth
     1 / 2 / 3 were 6.7 / 5.7 / 4.6 when solving every 10 GD steps. On ReLU MLPs whose top eigenvalues
     crowd together (gap ~4% of the value) depth matters little, because what is left after the best start
-    is removed at the Krylov rate that the gap sets: on the 64-200-200-10 MLP at lr 0.1, 12.8 / 13.1
-    (depth 1 / 3) every step and 15.4 / 15.3 every 10 steps at residual 1e-6; at residual 1e-3 (sharpness
-    still within 1e-5 of a residual-1e-11 solve) 2.9 / 4.2 and 6.3 / 6.8. With k > 1 the start block
+    is removed at the Krylov rate that the gap sets: on the 64-200-200-10 MLP at lr 0.1 depth 3 takes 12.7
+    HVPs every step and 14.6 every 10 steps at residual 1e-6, 4.2 and 6.0 at residual 1e-3 (sharpness still
+    within 1e-5 of a residual-1e-11 solve; `python benchmarks/bench_train.py`, README), and depth 1 did about
+    as well in an exploratory run. With k > 1 the start block
     holds depth * k rows, so repeated top eigenvalues are found again as often as they occur (see
     `lanczos`).
     """
