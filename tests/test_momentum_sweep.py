@@ -15,6 +15,7 @@ from shallownet.stop import OUTCOMES as RULE_OUTCOMES
 from shallownet.sweep.engine import CONVERGED, DIVERGED, MAX_STEPS, OUTCOMES, StopRule, simulate
 from shallownet.sweep.grid import SweepConfig, build_grid
 from shallownet.sweep.momentum import run_momentum_torch, simulate_momentum
+from shallownet.sweep.momentum_kernel import run_momentum_numba
 
 # An odd budget: the kernel takes two steps per pass over a block and the last one alone.
 RULE = StopRule(tol=1e-8, divergence_norm=1e12, max_steps=401)
@@ -37,9 +38,10 @@ def assert_runs_equal(x, y):
         np.testing.assert_array_equal(getattr(x, name), getattr(y, name), err_msg=name)
 
 
-def sgd_run(a0, b0, eta, beta, phi, rule, nesterov=False):
+def sgd_run(a0, b0, eta, beta, phi, rule, nesterov=False, buffers=None):
     """One run of torch.optim.SGD (momentum beta, dampening 0) on [d]-vectors a, b, the stop rule judged
-    before every step: outcome, steps, max eta|eps_t|, and the trajectory [(eps_t, lam_t, Q_t)]."""
+    before every step: outcome, steps, max eta|eps_t|, and the trajectory [(eps_t, lam_t, Q_t)]. If
+    `buffers` is a list, the optimizer's momentum buffers (buf_a, buf_b) before each step are appended."""
     a = torch.tensor(a0, dtype=torch.float64, requires_grad=True)
     b = torch.tensor(b0, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.SGD([a, b], lr=eta, momentum=beta, dampening=0.0, nesterov=nesterov)
@@ -48,6 +50,9 @@ def sgd_run(a0, b0, eta, beta, phi, rule, nesterov=False):
         with torch.no_grad():
             eps, lam, q = (a @ b).item() - phi, (a @ a + b @ b).item(), (a @ a - b @ b).item()
         trajectory.append((eps, lam, q))
+        if buffers is not None:
+            buffers.append([opt.state[p]["momentum_buffer"].numpy().copy() if k else np.zeros(len(a0))
+                            for p in (a, b)])
         outcome = rule.judge(eps, lam, steps=k)
         if outcome is not None:
             return RULE_OUTCOMES.index(outcome), k, max_step, np.array(trajectory)
@@ -75,6 +80,12 @@ def test_numba_and_torch_give_the_same_bits(nesterov):
                                    chunk_size=1024)
     assert_runs_equal(numba_runs, torch_runs)
     assert set(numba_runs.outcome(RULE)) == {CONVERGED, DIVERGED, MAX_STEPS}
+    # the raw states too, momentum buffers included (a stopped run's buffers are frozen as well)
+    u0, v0 = ((a0 + b0) ** 2).sum(1)[index], ((a0 - b0) ** 2).sum(1)[index]
+    args = (u0, v0, eta, beta, PHI, RULE.tol, RULE.divergence_norm, RULE.max_steps)
+    for x, y in zip(run_momentum_numba(*args, nesterov=nesterov), run_momentum_torch(*args, nesterov=nesterov),
+                    strict=True):
+        np.testing.assert_array_equal(x, y.numpy())
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -147,8 +158,10 @@ def test_trajectories_equal_single_torch_sgd_runs(nesterov):
     a0 = np.stack([c[0] for c in configs])
     b0 = np.stack([c[1] for c in configs])
     eta, beta = np.array([c[2] for c in configs]), np.array([c[3] for c in configs])
-    refs = [sgd_run(*c, PHI, rule, nesterov) for c in configs]
+    buffers = [[] for _ in configs]
+    refs = [sgd_run(*c, PHI, rule, nesterov, buffers=bufs) for c, bufs in zip(configs, buffers, strict=True)]
     index = np.arange(len(configs))
+    u0, v0 = a0 + b0, a0 - b0
     full = simulate_momentum(eta, beta, index, a0, b0, PHI, rule, nesterov=nesterov)
     outcome = full.outcome(rule)
     assert {CONVERGED, DIVERGED} <= set(outcome)
@@ -170,6 +183,19 @@ def test_trajectories_equal_single_torch_sgd_runs(nesterov):
             np.testing.assert_allclose(runs.norm[i], lam, rtol=rtol, err_msg=f"{i} {t}")
             np.testing.assert_allclose(runs.factor[i], q / trajectory[0, 2], rtol=rtol, atol=rtol,
                                        err_msg=f"{i} {t}")
+        # the buffers: buf_a = (mu u0 + nu v0) / 2, buf_b = (mu u0 - nu v0) / 2, frozen once a run stopped;
+        # to round-off of the largest buffer the run held so far (a decaying buffer keeps that absolute error)
+        _, mu, _, nu, _, _ = run_momentum_numba(
+            (u0**2).sum(1), (v0**2).sum(1), eta, beta, PHI, rule.tol, rule.divergence_norm, budget, nesterov)
+        for i, (code, steps, _, _) in enumerate(refs):
+            t = min(budget, steps)
+            if code == DIVERGED and t == steps:
+                continue  # the blow-up's last buffers: the values above already show where it ended
+            m_u, m_v = mu[i] * u0[i], nu[i] * v0[i]
+            buf_a, buf_b = buffers[i][t]
+            error = np.abs(np.concatenate([(m_u + m_v) / 2 - buf_a, (m_u - m_v) / 2 - buf_b])).max()
+            scale = max(np.linalg.norm(x) + np.linalg.norm(y) for x, y in buffers[i][:t + 1]) + 1e-300
+            assert error <= 1e-12 * scale, (i, t, error / scale)
 
 
 def test_chaotic_runs_agree_in_outcome_not_in_final_state():
