@@ -10,8 +10,8 @@ u = alpha u0, m_u = mu u0, v = gamma v0, m_v = nu v0, and one step of torch.opti
     Nesterov:   alpha' = alpha - eta (eps alpha + beta mu'),  gamma' = gamma - eta (beta nu' - eps gamma)
 
 with alpha = gamma = 1, mu = nu = 0 at the start (torch's first step sets buf = g, which is beta 0 + g).
-Q(T)/Q(0) = alpha gamma. The per-step arithmetic, in this order (torch_paths' momentum recursion in
-momentum.py repeats it operation for operation, which is what makes the two agree bit for bit):
+Q(T)/Q(0) = alpha gamma. The per-step arithmetic, in this order (the torch recursion in momentum.py
+repeats it operation for operation, which is what makes the two agree bit for bit):
 
     uu = alpha * alpha * U0;  vv = gamma * gamma * V0   (left to right)
     eps = (uu - vv) * 0.25 - Phi;  lam = (uu + vv) * 0.5
@@ -35,6 +35,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+# Compiled in as a constant: numba's on-disk cache only notices edits to this file, so after changing
+# STEPS_PER_PASS in kernel.py clear __pycache__ here too.
 from shallownet.sweep.kernel import STEPS_PER_PASS
 
 BLOCK = 256  # lanes stepped in lockstep: a block's state and inputs (9 rows of BLOCK numbers) stay in L1
