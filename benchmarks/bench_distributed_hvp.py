@@ -2,7 +2,7 @@
 
 The model is the 64-256-256-10 tanh MLP of bench_curvature.py (85 002 parameters, float64) on N rows of
 64 Gaussian features with 10 class labels (half_sum_mse). One process computes H v over all N rows; two
-processes each compute it over their N/2 rows (shallownet.distributed.ShardedHessianOperator) and sum with
+processes each compute it over their N/2 rows (shallownet.curvature.distributed.ShardedHessianOperator) and sum with
 one all-reduce of the 85 002-entry product. Timed per product inside an eigen-solve (double backward with
 the first-order graph kept, what SharpnessMonitor pays per HVP after the first at a point) and cold (the
 first product at a point, which builds that graph). The all-reduce alone is timed on the same vector; its
@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from extensions.mlp import mlp  # noqa: E402
 from shallownet.curvature import HessianOperator  # noqa: E402
-from shallownet.distributed import ShardedHessianOperator, block  # noqa: E402
+from shallownet.curvature.distributed import ShardedHessianOperator  # noqa: E402
+from shallownet.distributed import block  # noqa: E402
 from shallownet.losses import half_sum_mse  # noqa: E402
 
 SIZES = [64, 256, 256, 10]

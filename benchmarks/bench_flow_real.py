@@ -61,7 +61,7 @@ class Problem:
         self.cfg = load_config(RunConfig, None, [*overrides, f"data.n_train={n_train}"])
         validate_run(self.cfg)
         self.kind = registry.model_kind(self.cfg.model.kind)
-        self.data = registry.data_kind(self.cfg.data.kind).load(self.cfg, torch.float64)
+        self.data = registry.data_kind(self.cfg.data.kind).build(self.cfg, torch.float64)
         self.loss_fn = LOSSES[self.cfg.loss or self.kind.loss]
 
     def model(self) -> nn.Module:

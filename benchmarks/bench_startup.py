@@ -59,7 +59,7 @@ def main() -> None:
     wall, work = median_of(repeat, [cli, "sweep"], lambda d: summary(d)["timing"]["simulation_seconds"])
     print(f"shallownet sweep (defaults)          {wall:6.2f} s   simulation {work:.2f} s; "
           f"fixed cost {wall - work:.2f} s = {(wall - work) / torch_only:.2f}x the torch import")
-    wall, _ = median_of(repeat, [cli, "sweep", "grid.eta.num=3", "grid.scale.num=3"])
+    wall, _ = median_of(repeat, [cli, "sweep", "grid.lr.num=3", "grid.scale.num=3"])
     print(f"shallownet sweep (3 x 3 grid)        {wall:6.2f} s   = {wall / torch_only:.2f}x the torch import")
 
 

@@ -69,7 +69,7 @@ def lightning(cfg) -> tuple[float, dict]:
 def plain_gd(cfg):
     """The run's model, loss and data outside Lightning, and one full-batch GD step on them (bare PyTorch)."""
     kind = registry.model_kind(cfg.model.kind)
-    data = registry.data_kind(cfg.data.kind).load(cfg, getattr(torch, cfg.train.dtype))
+    data = registry.data_kind(cfg.data.kind).build(cfg, getattr(torch, cfg.train.dtype))
     model, loss_fn = kind.build(cfg, data), LOSSES[cfg.loss or kind.loss]
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -131,7 +131,7 @@ def main() -> None:
     torch.set_num_threads(1)  # both sides alike; small tensors gain nothing from threads here
     quiet_lightning()
     common = [f"train.max_steps={steps}"]
-    quiet = ["monitor.every_n_steps=1000000", "monitor.sharpness.every_n_steps=0"]
+    quiet = ["monitor.dynamics.every_n_steps=1000000", "monitor.sharpness.every_n_steps=0"]
     lightning(config(*common, "optim.lr=0.01", *quiet))  # warm-up: imports and first-call costs
 
     print(f"cost per full-batch GD step over {steps} steps (the CNN {max(steps // 4, 10)}; float64, 1 thread, "
@@ -156,7 +156,7 @@ def main() -> None:
     base = fastest(repeats, lambda: lightning(mlp)[0])[0]
     for tol in (1e-6, 1e-3):
         for every in (1, 10):  # one run each: a solve costs several GD steps, the noise is small beside it
-            cost, metrics = lightning(config(*common, "model.kind=mlp", "monitor.every_n_steps=1000000",
+            cost, metrics = lightning(config(*common, "model.kind=mlp", "monitor.dynamics.every_n_steps=1000000",
                                              f"monitor.sharpness.every_n_steps={every}",
                                              f"monitor.sharpness.tol={tol}"))
             hvps = metrics["curvature/hvp_count"][1]

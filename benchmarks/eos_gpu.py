@@ -44,7 +44,8 @@ def main() -> None:
         start = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "shallownet", "eos", "data.kind=cifar10", f"data.root={root}", "data.n_train=5000",
-             "data.n_test=1000", "model.widths=[256]", "gd.lrs=[0.02,0.04]", f"train.max_steps={steps}",
+             "data.n_test=1000", "model.widths=[256]", f"train.max_steps={steps}",
+             "processes=[{method: gd, lr: 0.02}, {method: gd, lr: 0.04}]",
              "train.device=cuda", "train.dtype=float32", "monitor.sharpness.every_n_steps=10",
              "monitor.sharpness.tol=1e-4", f"output.root={tmp}/runs", "output.progress=false"],
             capture_output=True, text=True)

@@ -40,9 +40,9 @@ import lightning as L
 import torch
 from torch import nn
 
-from shallownet.callbacks.logging import log_values
+from shallownet.callbacks.periodic import PeriodicMonitor
 from shallownet.callbacks.tensorboard import find_writer, log_step
-from shallownet.registry import register_monitor
+from shallownet.processes.base import FLOW_IDENTITIES, GD_IDENTITIES, process_of
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
@@ -220,6 +220,7 @@ def layer_sums(balance: dict[str, torch.Tensor]) -> dict[str, float]:
 # --- the Lightning monitor ---------------------------------------------------------------------------
 
 APPLIES = "balance/applies"
+MEAN_ABS_ALL = "balance/mean_abs"
 MEAN_ABS = "balance/mean_abs_{}"
 MEAN_ABS_RATIO = "balance/mean_abs_ratio_{}"
 SUM = "balance/sum_{}"
@@ -227,110 +228,97 @@ PRED_ERROR = "balance/pred_error_{}"
 PER_UNIT = "balance/per_unit_{}"
 
 
-@register_monitor("balance")
-class BalanceMonitor(L.Callback):
-    """Logs the per-unit balance C_j of `pl_module.<attr>` (default `model`) every `every_n_steps` steps.
-
-    At step 0, at every multiple of every_n_steps and at the end of training, on the x-axis of
-    shallownet.callbacks.tensorboard.log_step (trainer.global_step for GD; GF modules align it):
+class BalanceMonitor(PeriodicMonitor):
+    """Logs the per-unit balance C_j of `pl_module.<attr>` (default `model`), at PeriodicMonitor's cadence,
+    on the x-axis of shallownet.callbacks.tensorboard.log_step:
 
         balance/applies                1 if the identity of theory.md 8.4 holds for this net, else 0
+        balance/mean_abs               mean |C_j| over every hidden unit of the net
         balance/mean_abs_<layer>       mean_j |C_j| over the units of weight layer <layer>
         balance/mean_abs_ratio_<layer> that, over its first logged value (skipped when that is 0)
         balance/sum_<layer>            sum_j C_j = |W_l|^2 + |b_l|^2 - |W_(l+1)|^2
-        balance/pred_error_<layer>     only where the identity holds, at steps >= 1: max_j |predicted -
-                                       measured C_j| for the step that ended here, the prediction taken
-                                       in on_before_optimizer_step from .grad and lr = param_groups[0]["lr"]
-                                       (for gradient flow lr = 0: the drift of C_j over one integrator step)
+        balance/pred_error_<layer>     only where the identity holds, at steps >= 1, for a process with GD's
+                                       one-step identities: max_j |predicted - measured C_j| for the step that
+                                       ended here, predicted before it from .grad and the process's lr; for
+                                       gradient flow, which conserves C_j: the drift of C_j over one
+                                       integrator step; for other processes (momentum, Adam, ...): not logged
         balance/per_unit_<layer>       histogram of the C_j (only with a TensorBoard logger; finite values)
 
-    Scalars go through shallownet.callbacks.logging.log_values (every logger, and trainer.callback_metrics).
-    The prediction assumes one optimizer step per training batch (full-batch GD, or one integrator step).
-    State (the first logged mean |C_j| of each layer and the last logged step) is kept in state_dict.
+    Refuses (before the run) a net whose unit structure it cannot read (see hidden_units). The prediction
+    assumes one optimizer step per training batch (full-batch GD, or one integrator step).
     """
 
+    columns = (("mean |C_j|", MEAN_ABS_ALL),)  # what compare's table shows of it (header, tag)
+
     def __init__(self, every_n_steps: int = 1, histograms: bool = True, attr: str = "model"):
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
-        self.every_n_steps, self.histograms, self.attr = every_n_steps, histograms, attr
+        super().__init__(every_n_steps)
+        self.histograms, self.attr = histograms, attr
         self.initial_mean_abs: dict[str, float] = {}
-        self.last: dict[str, float] = {}
-        self._logged_step: int | None = None
         self._applies: tuple[bool, str] | None = None
+        self._process = None
         self._before: dict[str, torch.Tensor] | None = None  # C_j at the start of the current step
         self._prediction: dict[str, torch.Tensor] | None = None  # and after it, as the identity predicts
 
     def net(self, pl_module: L.LightningModule) -> nn.Module:
         return getattr(pl_module, self.attr)
 
-    # --- hooks ------------------------------------------------------------------------------------------
+    def refusal(self, pl_module, process) -> str | None:
+        try:
+            hidden_units(self.net(pl_module))
+        except (AttributeError, ValueError) as err:
+            return str(err)
+        return None
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        net = self.net(pl_module)
-        hidden_units(net)  # refuse an unsupported architecture before the first step
-        self._applies = applies(net)
-        self._log_if_due(trainer, pl_module)
+    def start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._applies = applies(self.net(pl_module))
+        self._process = process_of(trainer, pl_module)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        # every step: whether it ends logged (at the end of a run too) is not known before it is taken
+        predicting = self._applies[0] and self._process.identities in (GD_IDENTITIES, FLOW_IDENTITIES)
         self._prediction = None
-        self._before = unit_balance(self.net(pl_module)) if self._holds() else None
+        self._before = unit_balance(self.net(pl_module)) if predicting else None
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         # An ODE integrator calls the closure (and so this hook) at several stages: the first call counts.
         if self._before is None or self._prediction is not None:
             return
-        lr = float(optimizer.param_groups[0].get("lr", 0.0))
-        change = balance_step(self.net(pl_module)) if lr else None
-        self._prediction = {name: c if change is None else c + lr**2 * change[name] for name, c in self._before.items()}
+        if self._process.identities == FLOW_IDENTITIES:
+            self._prediction = dict(self._before)
+            return
+        lr, change = self._process.lr, balance_step(self.net(pl_module))
+        self._prediction = {name: c + lr**2 * change[name] for name, c in self._before.items()}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
-        self._log_if_due(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        step = log_step(trainer, pl_module)
-        if step != self._logged_step:
-            self._log(trainer, pl_module, step)
-
-    def state_dict(self) -> dict:
-        return {"every_n_steps": self.every_n_steps, "initial_mean_abs": dict(self.initial_mean_abs),
-                "last": dict(self.last), "logged_step": self._logged_step}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.initial_mean_abs = dict(state_dict.get("initial_mean_abs", {}))
-        self.last = dict(state_dict.get("last", {}))
-        self._logged_step = state_dict.get("logged_step")  # a resumed run does not log that step twice
-
-    # --- logging ----------------------------------------------------------------------------------------
-
-    def _holds(self) -> bool:
-        return self._applies is not None and self._applies[0]
-
-    def _log_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        step = log_step(trainer, pl_module)
-        if step % self.every_n_steps == 0 and step != self._logged_step:
-            self._log(trainer, pl_module, step)
-
-    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        if self._applies is None:
-            self._applies = applies(self.net(pl_module))
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         balance = unit_balance(self.net(pl_module))
-        values = {APPLIES: 1.0 if self._holds() else 0.0}
+        values = {APPLIES: 1.0 if self._applies[0] else 0.0}
+        every = torch.cat([c.reshape(-1) for c in balance.values()])
+        values[MEAN_ABS_ALL] = float(every.abs().mean())
         for name, value in mean_abs(balance).items():
             values[MEAN_ABS.format(name)] = value
             first = self.initial_mean_abs.setdefault(name, value)
             if first != 0 and math.isfinite(first):
                 values[MEAN_ABS_RATIO.format(name)] = value / first
         values.update({SUM.format(name): value for name, value in layer_sums(balance).items()})
-        if self._holds() and self._prediction is not None and step > 0:
+        if self._prediction is not None and trainer.global_step > 0:
             for name, measured in balance.items():
                 values[PRED_ERROR.format(name)] = float((self._prediction[name] - measured).abs().max())
         self._prediction = None
-        log_values(trainer, values, step=step)
         writer = find_writer(trainer) if self.histograms else None
         if writer is not None:
+            x = log_step(trainer, pl_module)
             for name, c in balance.items():
                 if c.numel() and bool(torch.isfinite(c).all()):
-                    writer.add_histogram(PER_UNIT.format(name), c.detach().cpu().double(), step)
-        self.last = {**values, "step": float(step)}
-        self._logged_step = step
+                    writer.add_histogram(PER_UNIT.format(name), c.detach().cpu().double(), x)
+        return values
+
+    def extra_state(self) -> dict:
+        return {"initial_mean_abs": dict(self.initial_mean_abs)}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.initial_mean_abs = dict(state["initial_mean_abs"])
+
+
+def build_monitor(cfg, section) -> BalanceMonitor | None:
+    """The registry's builder for `monitor.balance` (extensions.real_kinds)."""
+    return BalanceMonitor(section.every_n_steps) if section.every_n_steps else None

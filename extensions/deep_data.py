@@ -14,53 +14,11 @@ exactly 1/2 |A - A*|_F^2: deep matrix factorisation of A*.
 """
 
 import math
-from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
-from shallownet.registry import FullBatchData, register_data
-
-
-@dataclass
-class MatrixRegressionConfig:
-    n_samples: int = 200
-    d_in: int = 6
-    d_out: int = 4
-    rank: Optional[int] = None  # noqa: UP045 (omegaconf reads typing.Optional only); null: min(d_in, d_out)
-    condition: float = 10.0  # s_max / s_min over the rank nonzero singular values of A* (1 when rank is 1)
-    top_singular_value: float = 1.0
-    noise: float = 0.0  # standard deviation of the label noise
-    whiten: bool = False  # X^T X / n = I (needs n_samples >= d_in)
-    n_test: int = 0  # test rows drawn like the training rows (never whitened)
-    seed: int = 0
-
-    @staticmethod
-    def validate(cfg) -> None:
-        from shallownet.config import require, require_memory
-
-        d = _section(cfg)
-        require(d.n_samples >= 1, "data.n_samples", "an integer >= 1", d.n_samples)
-        require(d.d_in >= 1, "data.d_in", "an integer >= 1", d.d_in)
-        require(d.d_out >= 1, "data.d_out", "an integer >= 1", d.d_out)
-        require_memory(8.0 * 4 * (d.n_samples + d.n_test) * (d.d_in + d.d_out), "the matrix-regression data",
-                       "data.n_samples")
-        top = min(d.d_in, d.d_out)
-        require(d.rank is None or 1 <= d.rank <= top, "data.rank", f"null or an integer in [1, {top}]", d.rank)
-        require(d.condition >= 1 and math.isfinite(d.condition), "data.condition", "a finite number >= 1",
-                d.condition)
-        rank = top if d.rank is None else d.rank
-        require(rank > 1 or d.condition == 1, "data.condition", "1 when the rank is 1", d.condition)
-        require(d.top_singular_value > 0, "data.top_singular_value", "> 0", d.top_singular_value)
-        require(d.noise >= 0, "data.noise", ">= 0", d.noise)
-        require(not d.whiten or d.n_samples >= d.d_in, "data.whiten", "false when data.n_samples < data.d_in",
-                d.whiten)
-        require(d.n_test >= 0, "data.n_test", "an integer >= 0", d.n_test)
-
-
-def _section(cfg):
-    """The `data:` section, from a whole run config or from the section itself."""
-    return cfg.data if "data" in cfg else cfg
+from extensions.deep_kinds import data_section
+from shallownet.registry import FullBatchData
 
 
 def singular_values(rank: int, condition: float, top: float) -> torch.Tensor:
@@ -93,7 +51,7 @@ def _generate(d_in: int, d_out: int, rank: int | None, condition: float, top: fl
 
 def target_map(cfg, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """A* (d_in x d_out) of a matrix_regression config (the whole run config or its data section)."""
-    d = _section(cfg)
+    d = data_section(cfg)
     return _generate(d.d_in, d.d_out, d.rank, d.condition, d.top_singular_value, d.seed)[1].to(dtype)
 
 
@@ -114,11 +72,10 @@ def matrix_regression(n_samples: int, d_in: int, d_out: int, rank: int | None = 
     return x.to(dtype), y.to(dtype), x_test, y_test, a_star.to(dtype)
 
 
-@register_data("matrix_regression", MatrixRegressionConfig)
 def load_matrix_regression(cfg, dtype) -> FullBatchData:
     """The `data:` section's problem as FullBatchData (target None: there is no scalar Phi; A* is
     target_map(cfg))."""
-    d = _section(cfg)
+    d = data_section(cfg)
     x, y, x_test, y_test, _ = matrix_regression(d.n_samples, d.d_in, d.d_out, d.rank, d.condition,
                                                 d.top_singular_value, d.noise, d.whiten, d.n_test, d.seed, dtype)
     return FullBatchData(x, y, x_test, y_test, target=None)

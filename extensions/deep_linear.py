@@ -39,108 +39,23 @@ Initialisation (`model.init`): scheme, scale (s), seed, imbalance, weights.
                 w_1..w_L. At depth 2 deep_scalar_linear takes a = weights[:d], b = weights[d:].
 
 Quantities (the model protocol: `quantities()`, logged by the DynamicsMonitor as dynamics/<name>); the tag
-table is docs/deep_tags.md. At depth 2 deep_scalar_linear gives ScalarLinearNet's residual, norm, imbalance,
-imbalance_norm and imbalance_per_unit, computed by the same functions (shallownet.quantities).
+table is README.md's "TensorBoard tags" (the deep linear nets). At depth 2 deep_scalar_linear gives
+ScalarLinearNet's residual, norm, imbalance, imbalance_norm and imbalance_per_unit, computed by the same
+functions (shallownet.quantities).
 """
 
 import math
-from dataclasses import dataclass, field
-from typing import List, Optional  # noqa: UP035 (omegaconf reads typing.List / Optional only)
 
 import torch
 from torch import nn
 
-from extensions import deep_data  # noqa: F401  (registers the data kind matrix_regression)
 from extensions.deep_data import orthonormal_frame, target_map
+from extensions.deep_kinds import INIT_SCHEMES
 from shallownet import deep_theory
 from shallownet import quantities as shallow
-from shallownet.registry import FullBatchData, register_model
+from shallownet.registry import FullBatchData
 
-INIT_SCHEMES = ("gaussian", "balanced", "imbalanced", "explicit")
 F64 = torch.float64
-
-
-# --- config schemas -----------------------------------------------------------------------------------
-
-@dataclass
-class DeepInitConfig:
-    scheme: str = "gaussian"  # gaussian | balanced | imbalanced | explicit
-    scale: float = 1.0
-    seed: int = 0
-    imbalance: List[float] = field(default_factory=lambda: [0.5])  # noqa: UP006  one per layer pair, or one
-    weights: Optional[List[float]] = None  # noqa: UP006, UP045  explicit: every parameter entry, layer by layer
-
-
-@dataclass
-class DeepScalarLinearConfig:
-    depth: int = 3
-    width: int = 10
-    phi: float = 1.0
-    init: DeepInitConfig = field(default_factory=DeepInitConfig)
-
-    @staticmethod
-    def validate(cfg) -> None:
-        from shallownet.config import require, require_memory
-
-        m = cfg.model
-        require(m.depth >= 2, "model.depth", "an integer >= 2", m.depth)
-        require(m.width >= 1, "model.width", "an integer >= 1", m.width)
-        n_params = 2 * m.width + (m.depth - 2) * m.width * m.width
-        require_memory(n_params * 8.0 * 40, f"model.depth={m.depth}, model.width={m.width} (weights, gradients "
-                       "and HVP buffers)", "model.width")
-        _validate_init(m.init, m.depth, n_params)
-
-
-@dataclass
-class ScalarChainConfig:
-    depth: int = 3
-    phi: float = 1.0
-    init: DeepInitConfig = field(default_factory=DeepInitConfig)
-
-    @staticmethod
-    def validate(cfg) -> None:
-        from shallownet.config import require
-
-        m = cfg.model
-        require(2 <= m.depth <= 10_000, "model.depth", "an integer in [2, 10000]", m.depth)
-        _validate_init(m.init, m.depth, m.depth)
-
-
-@dataclass
-class DeepLinearConfig:
-    hidden: List[int] = field(default_factory=lambda: [8, 8])  # noqa: UP006  widths d_1..d_(L-1); L = len + 1
-    init: DeepInitConfig = field(default_factory=DeepInitConfig)
-
-    @staticmethod
-    def validate(cfg) -> None:
-        from shallownet.config import require, require_memory
-
-        m = cfg.model
-        require(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden",
-                "a non-empty list of integers >= 1", list(m.hidden))
-        n_params = None  # known only where the data says d_in and d_out before it is loaded
-        if "d_in" in cfg.data and "d_out" in cfg.data:
-            widths = [cfg.data.d_in, *m.hidden, cfg.data.d_out]
-            n_params = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
-            require_memory(n_params * 8.0 * 40, f"model.hidden={list(m.hidden)} (weights, gradients and HVP "
-                           "buffers)", "model.hidden")
-        _validate_init(m.init, len(m.hidden) + 1, n_params)
-
-
-def _validate_init(init, depth: int, n_params: int | None) -> None:
-    from shallownet.config import require
-
-    require(init.scheme in INIT_SCHEMES, "model.init.scheme", f"one of {', '.join(INIT_SCHEMES)}", init.scheme)
-    require(init.scale > 0 and math.isfinite(init.scale), "model.init.scale", "a finite number > 0", init.scale)
-    if init.scheme == "imbalanced":
-        values = list(init.imbalance)
-        require(len(values) in (1, depth - 1), "model.init.imbalance",
-                f"a list of 1 or model.depth - 1 = {depth - 1} numbers", values)
-        require(all(-1 < q < 1 for q in values), "model.init.imbalance", "numbers in (-1, 1)", values)
-    if init.scheme == "explicit":
-        weights = None if init.weights is None else list(init.weights)
-        require(weights is not None and (n_params is None or len(weights) == n_params), "model.init.weights",
-                f"a list of all {n_params} parameter entries for scheme explicit", weights)
 
 
 # --- initialisation -----------------------------------------------------------------------------------
@@ -420,30 +335,25 @@ class DeepLinearNet(LinearChainQuantities, nn.Module):
         return values
 
 
-# --- registration -------------------------------------------------------------------------------------
+# --- builders (registered by extensions.deep_kinds) -------------------------------------------------
 
 def _phi(cfg, data: FullBatchData) -> float:
     """The target product: the data's Phi where it has one (the points data's effective Phi), else model.phi."""
     return float(cfg.model.phi if data.target is None else data.target)
 
 
-@register_model("deep_scalar_linear", DeepScalarLinearConfig, default_data="points", convergence="residual",
-                loss="half_mse")
 def build_deep_scalar_linear(cfg, data: FullBatchData) -> DeepScalarLinearNet:
     m, phi = cfg.model, _phi(cfg, data)
     layers = deep_scalar_init(m.depth, m.width, m.init, phi)
     return DeepScalarLinearNet([w.to(data.x.dtype) for w in layers], phi=phi).to(data.x.device)
 
 
-@register_model("scalar_chain", ScalarChainConfig, default_data="points", convergence="residual", loss="half_mse")
 def build_scalar_chain(cfg, data: FullBatchData) -> ScalarChain:
     m, phi = cfg.model, _phi(cfg, data)
     w0 = torch.cat([w.reshape(-1) for w in deep_scalar_init(m.depth, 1, m.init, phi)])
     return ScalarChain(w0.to(data.x.dtype), phi=phi).to(data.x.device)
 
 
-@register_model("deep_linear", DeepLinearConfig, default_data="matrix_regression", convergence="loss",
-                loss="half_sum_mse")
 def build_deep_linear(cfg, data: FullBatchData) -> DeepLinearNet:
     x, y = data.x, data.y
     if x.dim() != 2 or y.dim() != 2 or not y.is_floating_point():

@@ -4,7 +4,7 @@ Works on any LightningModule whose `model` is a linear chain: the models of exte
 say their layers through `matrices()` / `gradient_matrices()`), or any network whose only layers with
 parameters are bias-free nn.Linear layers, applied in module order. Logs through
 shallownet.callbacks.logging.log_values, so every logger gets the values and trainer.callback_metrics holds
-the latest ones. Tags (a public contract; docs/deep_tags.md):
+the latest ones. Tags (a public contract, listed in README.md's "TensorBoard tags"):
 
     deep_theory/pred_imbalance_fro_<l>     |D_l'|_F predicted for this step from the state one step before:
                                            D_l' = D_l + eta^2 (G_(l+1)^T G_(l+1) - G_l G_l^T)
@@ -15,11 +15,11 @@ the latest ones. Tags (a public contract; docs/deep_tags.md):
     deep_theory/least_sharpness            L |phi|^(2 - 2/L), the flattest minimum (constant along a run)
     deep_theory/sharpness                  top eigenvalue of the chain's Hessian here (closed form, L x L)
 
-l = 1..L-1 is the layer pair. The step size is the optimizer's `lr` (param_groups[0]); gradient-flow
-integrators report lr = 0 and get no predictions (GF conserves every D_l). Predictions are made in
-on_before_optimizer_step (after the closure's backward: the gradients the step uses) at global steps k
-with k % every_n_steps == 0, and compared in on_train_batch_end at step k + 1, only when exactly one
-optimizer step was taken in between. The chain tags are logged at the start and at those steps k + 1.
+l = 1..L-1 is the layer pair. Cadence and x-axis are PeriodicMonitor's. The predictions need a process with
+GD's one-step identities (its lr is eta); other processes get none (gradient flow conserves every D_l).
+They are made in on_before_optimizer_step (after the closure's backward: the gradients the step uses)
+before each step k -> k + 1 whose end is logged, and compared there, only when exactly one optimizer step
+was taken in between. The chain tags are logged at every logged step, the first state included.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from shallownet import deep_theory
-from shallownet.callbacks.logging import log_values
-from shallownet.registry import register_monitor
+from shallownet.callbacks.periodic import PeriodicMonitor
+from shallownet.processes.base import GD_IDENTITIES, process_of
 
 PREFIX = "deep_theory/"
 MAX_DENSE_CHAIN = 512  # the chain's closed-form Hessian is L x L: beyond this the sharpness tag is left out
@@ -51,47 +51,37 @@ def chain_layers(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tenso
     return ([w.detach().to(torch.float64) for w in weights], [g.detach().to(torch.float64) for g in grads])
 
 
-@register_monitor("deep_theory")
-class DeepTheoryMonitor(L.Callback):
-    """Logs the tags of the module docstring every `every_n_steps` GD steps (and the chain values at the
-    start). `last` holds the values logged last."""
+class DeepTheoryMonitor(PeriodicMonitor):
+    """Logs the tags of the module docstring at PeriodicMonitor's cadence."""
 
     def __init__(self, every_n_steps: int = 1):
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
-        self.every_n_steps = every_n_steps
-        self.last: dict[str, float] = {}
+        super().__init__(every_n_steps)
         self._pending: dict | None = None  # the prediction made before a step: step, eta, D_l', tr D_l'
-        self._last_step: int | None = None  # global_step at the last batch end (or at the start)
 
-    # --- hooks -----------------------------------------------------------------------------------------
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._last_step = trainer.global_step
-        values = self._chain_values(pl_module)
-        if values:
-            self._log(trainer, values)
+    def refusal(self, pl_module, process) -> str | None:
+        try:
+            chain_layers(pl_module.model)
+        except (AttributeError, ValueError) as err:
+            return str(err)
+        return None
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        eta = float(optimizer.param_groups[0].get("lr", 0.0))
-        if not eta > 0 or trainer.global_step % self.every_n_steps != 0:
+        step, process = trainer.global_step, process_of(trainer, pl_module)
+        if process.identities != GD_IDENTITIES or (step + 1) % self.every_n_steps != 0:
             return
         weights, grads = chain_layers(pl_module.model)
+        eta = process.lr
         self._pending = {
-            "step": trainer.global_step,
+            "step": step,
             "eta": eta,
             "predicted": [d.cpu() for d in deep_theory.imbalance_step(weights, grads, eta)],
             "trace": deep_theory.imbalance_trace_step(weights, grads, eta),
         }
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step == self._last_step:
-            return  # no step taken in this batch (one that only judged the state)
-        self._last_step = step
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         pending, self._pending = self._pending, None
         values = {}
-        if pending is not None and step == pending["step"] + 1:  # the step the prediction was made for
+        if pending is not None and trainer.global_step == pending["step"] + 1:  # the step it was made for
             weights, _ = chain_layers(pl_module.model)
             measured = deep_theory.layer_imbalances(weights)
             for pair, (pred, meas, trace) in enumerate(zip(pending["predicted"], measured, pending["trace"],
@@ -99,24 +89,14 @@ class DeepTheoryMonitor(L.Callback):
                 values[f"pred_imbalance_fro_{pair}"] = float(torch.linalg.matrix_norm(pred))
                 values[f"pred_imbalance_trace_{pair}"] = float(trace)
                 values[f"pred_error_imbalance_{pair}"] = float((pred - meas.cpu()).abs().max())
-        if (step - 1) % self.every_n_steps == 0:  # the steps where predictions land (GD) or would (GF)
-            values.update(self._chain_values(pl_module))
-        if values:
-            self._log(trainer, values)
+        values.update(self._chain_values(pl_module))
+        return {PREFIX + name: value for name, value in values.items()}
 
-    # --- state (for resume) ----------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        return {"pending": self._pending}
 
-    def state_dict(self) -> dict:
-        return {"every_n_steps": self.every_n_steps, "last": dict(self.last), "pending": self._pending,
-                "last_step": self._last_step}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.every_n_steps = state_dict.get("every_n_steps", self.every_n_steps)
-        self.last = dict(state_dict.get("last", {}))
-        self._pending = state_dict.get("pending")
-        self._last_step = state_dict.get("last_step")
-
-    # --- helpers ---------------------------------------------------------------------------------------
+    def load_extra_state(self, state: dict) -> None:
+        self._pending = state["pending"]
 
     @staticmethod
     def _chain_values(pl_module: L.LightningModule) -> dict[str, float]:
@@ -135,6 +115,7 @@ class DeepTheoryMonitor(L.Callback):
             values["sharpness"] = deep_theory.chain_sharpness(w, phi)
         return values
 
-    def _log(self, trainer: L.Trainer, values: dict[str, float]) -> None:
-        self.last = values
-        log_values(trainer, {PREFIX + name: value for name, value in values.items()}, step=trainer.global_step)
+
+def build_monitor(cfg, section) -> DeepTheoryMonitor | None:
+    """The registry's builder for `monitor.deep_theory` (extensions.deep_kinds)."""
+    return DeepTheoryMonitor(section.every_n_steps) if section.every_n_steps else None

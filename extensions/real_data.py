@@ -20,75 +20,27 @@ Every problem with the files is a ConfigError naming the file and what was expec
 """
 
 import importlib
-import importlib.util
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
-from shallownet.config import ConfigError, require, require_memory
-from shallownet.registry import FullBatchData, register_data
-
-CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR_TEST_FILE = "test_batch"
-CIFAR_META_FILE = "batches.meta"
-CIFAR_SHAPE = (3, 32, 32)
-CIFAR_CLASSES = 10
-CIFAR_FORMAT = "CIFAR-10's python batches (data_batch_1..5, test_batch, batches.meta)"
-DIGITS_TOTAL = 1797
-
-
-# --- checks -------------------------------------------------------------------------------------------
-
-def _section(cfg: Any) -> Any:
-    """The `data:` section, whether the whole run config or the section itself is passed."""
-    return getattr(cfg, "data", cfg)
-
-
-# --- schemas (omegaconf structured configs: no `from __future__ import annotations` in this module) ---
-
-@dataclass
-class DigitsConfig:
-    n_train: Optional[int] = None  # noqa: UP045  first n training examples; null: all 1797 - n_test
-    n_test: int = 297  # the last n_test images, held out for accuracy (0: no test split)
-
-    @staticmethod
-    def validate(cfg: Any) -> None:
-        """Range checks of the `data:` section (the whole run config or the section); reads nothing."""
-        d = _section(cfg)
-        require(0 <= d.n_test < DIGITS_TOTAL, "data.n_test", f"an integer in [0, {DIGITS_TOTAL - 1}]", d.n_test)
-        available = DIGITS_TOTAL - d.n_test
-        require(d.n_train is None or 1 <= d.n_train <= available, "data.n_train",
-                 f"null or an integer in [1, {available}] (1797 digits minus data.n_test={d.n_test})", d.n_train)
-        if importlib.util.find_spec("sklearn") is None:
-            raise ConfigError("config key 'data.kind' digits needs scikit-learn (pip install scikit-learn), "
-                              "which is not installed")
-
-
-@dataclass
-class Cifar10Config:
-    root: Optional[str] = None  # noqa: UP045  folder holding data_batch_1..5, test_batch, batches.meta
-    n_train: int = 5000  # the first n examples of data_batch_1, 2, ... (Cohen et al.: 5000)
-    n_test: int = 1000  # the first n examples of test_batch (0: no test split)
-
-    @staticmethod
-    def validate(cfg: Any) -> None:
-        """Range checks and that every file is there (opens none: load() checks their contents)."""
-        d = _section(cfg)
-        require(d.root is not None and str(d.root) != "", "data.root", f"a folder holding {CIFAR_FORMAT}", d.root)
-        folder = Path(str(d.root)).expanduser()
-        require(folder.is_dir(), "data.root", f"an existing folder holding {CIFAR_FORMAT}", str(d.root))
-        for name in (*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE, CIFAR_META_FILE):
-            if not (folder / name).is_file():
-                raise ConfigError(f"CIFAR-10 file {folder / name} is missing; data.root must hold {CIFAR_FORMAT}")
-        require(d.n_train >= 1, "data.n_train", "an integer >= 1", d.n_train)
-        require(d.n_test >= 0, "data.n_test", "an integer >= 0", d.n_test)
-        require_memory(8.0 * 2 * 3072 * (d.n_train + d.n_test), "the CIFAR-10 images (float64, raw and scaled)",
-                        "data.n_train")
-
+from extensions.real_kinds import (
+    CIFAR_CLASSES,
+    CIFAR_FORMAT,
+    CIFAR_META_FILE,
+    CIFAR_SHAPE,
+    CIFAR_TEST_FILE,
+    CIFAR_TRAIN_FILES,
+    DIGITS_TOTAL,
+    Cifar10Config,
+    DigitsConfig,
+    data_section,
+)
+from shallownet.checks import ConfigError, require
+from shallownet.registry import FullBatchData
 
 # --- the protocol -----------------------------------------------------------------------------------
 
@@ -123,11 +75,10 @@ def _full_batch(x_train, y_train, x_test, y_test, dtype: torch.dtype) -> FullBat
 
 # --- digits -----------------------------------------------------------------------------------------
 
-@register_data("digits", DigitsConfig)
 def load_digits_data(cfg: Any, dtype: Any = torch.float64) -> FullBatchData:
     """scikit-learn's digits as [N, 1, 8, 8]: train = the first n_train of the first 1797 - n_test images."""
     DigitsConfig.validate(cfg)
-    section = _section(cfg)
+    section = data_section(cfg)
     n_test = section.n_test
     available = DIGITS_TOTAL - n_test
     n_train = available if section.n_train is None else section.n_train
@@ -249,11 +200,10 @@ def _take(paths: list[Path], n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     return x, y, have
 
 
-@register_data("cifar10", Cifar10Config)
 def load_cifar10(cfg: Any, dtype: Any = torch.float64) -> FullBatchData:
     """CIFAR-10 from data.root: the first n_train training images, the first n_test test images."""
     Cifar10Config.validate(cfg)
-    section = _section(cfg)
+    section = data_section(cfg)
     folder = Path(str(section.root)).expanduser()
     _check_meta(folder / CIFAR_META_FILE)
     train_paths = [folder / name for name in CIFAR_TRAIN_FILES]

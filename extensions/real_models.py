@@ -1,7 +1,7 @@
 """Real networks by name (`model.kind`): a fully connected net, a small CNN and a small VGG.
 
-Importing this module registers the model kinds `mlp`, `cnn`, `vgg` and (through extensions.real_data)
-the data kinds `digits`, `cifar10`. Every model is a flat nn.Sequential with named layers (fc1, act1,
+The model kinds `mlp`, `cnn`, `vgg` are registered by extensions.real_kinds (with their schemas), which
+names the builders at the end of this module. Every model is a flat nn.Sequential with named layers (fc1, act1,
 conv1, pool1, conv2_1, bn2_1, ..., out), so extensions.balance finds its hidden units and its tags
 read `balance/mean_abs_fc1` and so on. Data come as images [N, C, H, W]; the MLP flattens them itself
 (its first layer is nn.Flatten), the conv nets take them as they are.
@@ -14,95 +14,15 @@ global RNG is left as it was), created in the data's dtype, loss half_sum_mse by
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, List, Optional  # noqa: UP035  (omegaconf reads typing.List)
+from typing import Any
 
 import torch
 from torch import nn
 
-from extensions import real_data  # noqa: F401  (registers the data kinds digits and cifar10)
 from extensions.mlp import ACTIVATIONS, mlp
-from shallownet.config import ConfigError, require
-from shallownet.registry import FullBatchData, register_model
-
-LOSS = "half_sum_mse"
-DEFAULT_DATA = "digits"
-
-
-# --- helpers -----------------------------------------------------------------------------------------
-
-
-def _section(cfg: Any) -> Any:
-    """The `model:` section, whether the whole run config or the section itself is passed."""
-    return getattr(cfg, "model", cfg)
-
-
-def _check_common(section: Any) -> None:
-    if hasattr(section, "activation"):
-        require(section.activation in ACTIVATIONS, "model.activation", f"one of {', '.join(ACTIVATIONS)}",
-                 section.activation)
-    require(section.num_outputs is None or section.num_outputs >= 1, "model.num_outputs",
-             "null or an integer >= 1", section.num_outputs)
-
-
-def _positive_list(values: Any, key: str) -> list[int]:
-    values = list(values)
-    require(len(values) >= 1 and all(int(v) >= 1 for v in values), key, "a non-empty list of integers >= 1",
-             values)
-    return [int(v) for v in values]
-
-
-# --- schemas (omegaconf structured configs: no `from __future__ import annotations` in this module) ---
-
-@dataclass
-class MLPConfig:
-    widths: List[int] = field(default_factory=lambda: [200, 200])  # noqa: UP006  hidden widths
-    activation: str = "relu"  # relu | leaky_relu | tanh
-    seed: int = 0
-    num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
-
-    @staticmethod
-    def validate(cfg: Any) -> None:
-        """Range checks of the `model:` section (the whole run config or the section)."""
-        m = _section(cfg)
-        _positive_list(m.widths, "model.widths")
-        _check_common(m)
-
-
-@dataclass
-class CNNConfig:
-    channels: List[int] = field(default_factory=lambda: [32, 32])  # noqa: UP006  one conv + pool each
-    kernel_size: int = 3  # odd; 'same' padding
-    activation: str = "relu"  # relu | leaky_relu | tanh
-    seed: int = 0
-    num_outputs: Optional[int] = None  # noqa: UP045
-
-    @staticmethod
-    def validate(cfg: Any) -> None:
-        m = _section(cfg)
-        _positive_list(m.channels, "model.channels")
-        require(m.kernel_size >= 1 and m.kernel_size % 2 == 1, "model.kernel_size", "an odd integer >= 1",
-                 m.kernel_size)
-        _check_common(m)
-
-
-@dataclass
-class VGGConfig:
-    channels: List[int] = field(default_factory=lambda: [32, 64, 128])  # noqa: UP006  one stage each
-    convs_per_stage: int = 2  # 3x3 convolutions (+ BatchNorm) + ReLU per stage, then a 2x2 max-pool
-    hidden: int = 128  # width of the fully connected layer before the output (0: none)
-    batch_norm: bool = False
-    seed: int = 0
-    num_outputs: Optional[int] = None  # noqa: UP045
-
-    @staticmethod
-    def validate(cfg: Any) -> None:
-        m = _section(cfg)
-        _positive_list(m.channels, "model.channels")
-        require(m.convs_per_stage >= 1, "model.convs_per_stage", "an integer >= 1", m.convs_per_stage)
-        require(m.hidden >= 0, "model.hidden", "an integer >= 0 (0: no hidden fully connected layer)", m.hidden)
-        _check_common(m)
-
+from extensions.real_kinds import CNNConfig, MLPConfig, VGGConfig, model_section
+from shallownet.checks import ConfigError
+from shallownet.registry import FullBatchData
 
 # --- from the data -----------------------------------------------------------------------------------
 
@@ -198,30 +118,27 @@ def build_vgg_net(image: tuple[int, int, int], channels: list[int], outputs: int
     return _seeded(seed, make)
 
 
-# --- registered kinds --------------------------------------------------------------------------------
+# --- builders (registered by extensions.real_kinds) -----------------------------------------------
 
-@register_model("mlp", MLPConfig, default_data=DEFAULT_DATA, convergence="loss", loss=LOSS)
 def build_mlp(cfg: Any, data: FullBatchData) -> nn.Module:
-    MLPConfig.validate(cfg)
-    m = _section(cfg)
+    MLPConfig.validate(cfg)  # also when called directly, not through a config
+    m = model_section(cfg)
     widths = [int(w) for w in m.widths]
     in_features = math.prod(data.x.shape[1:])
     return build_mlp_net(in_features, widths, num_outputs(m, data), m.activation, seed=m.seed, dtype=data.x.dtype)
 
 
-@register_model("cnn", CNNConfig, default_data=DEFAULT_DATA, convergence="loss", loss=LOSS)
 def build_cnn(cfg: Any, data: FullBatchData) -> nn.Module:
-    CNNConfig.validate(cfg)
-    m = _section(cfg)
+    CNNConfig.validate(cfg)  # also when called directly, not through a config
+    m = model_section(cfg)
     channels = [int(c) for c in m.channels]
     return build_cnn_net(_image_shape(data, "cnn"), channels, num_outputs(m, data), m.activation, m.kernel_size,
                          seed=m.seed, dtype=data.x.dtype)
 
 
-@register_model("vgg", VGGConfig, default_data=DEFAULT_DATA, convergence="loss", loss=LOSS)
 def build_vgg(cfg: Any, data: FullBatchData) -> nn.Module:
-    VGGConfig.validate(cfg)
-    m = _section(cfg)
+    VGGConfig.validate(cfg)  # also when called directly, not through a config
+    m = model_section(cfg)
     channels = [int(c) for c in m.channels]
     return build_vgg_net(_image_shape(data, "vgg"), channels, num_outputs(m, data), m.convs_per_stage, m.hidden,
                          bool(m.batch_norm), seed=m.seed, dtype=data.x.dtype)

@@ -3,10 +3,10 @@
 from dataclasses import dataclass, field
 from typing import List, Optional  # noqa: UP035 (omegaconf reads typing.List / Optional only)
 
-from shallownet.config import require, require_memory
+from shallownet.checks import require, require_memory
 from shallownet.registry import FullBatchData, register_data, register_model
 
-INIT_SCHEMES = ("gaussian", "explicit", "imbalanced")
+INIT_SCHEMES = ("gaussian", "explicit", "imbalanced")  # shallownet.model.initial_vectors' (a test keeps them equal)
 
 
 @dataclass

@@ -25,46 +25,47 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from shallownet.checks import ConfigError, physical_memory, require, require_device, require_memory  # noqa: F401
+
 DTYPES = ("float64", "float32")
 INT64 = 2**63
 MAX_CONFIG_BYTES = 1_000_000
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
 
 
-class ConfigError(ValueError):
-    """Bad user input: the message is one line naming the key or file and what is allowed."""
+def kind_section(table: str, default: str | None = None, key: str = "kind") -> Any:
+    """A dataclass field whose schema comes from the registry entry its `key` names (model.kind, data.kind,
+    optim.method). table is a registry table: "model", "data" or "process"; default None means "the
+    model kind's default data"."""
+    return field(default=None, metadata={"kinds": table, "default": default, "key": key})
 
 
-def kind_section(table: str, default: str | None = None) -> Any:
-    """A dataclass field whose schema comes from the registry entry its `kind` key names.
+def kind_list(table: str, default: list[dict], key: str) -> Any:
+    """A list field whose every entry is a section of its own kind (compare's `processes`: each entry's
+    `method` picks its schema)."""
+    return field(default_factory=lambda: [dict(entry) for entry in default],
+                 metadata={"kind_list": table, "key": key})
 
-    table is "model" or "data"; default None means "the model kind's default data".
-    """
-    return field(default=None, metadata={"kinds": table, "default": default})
+
+def monitor_section() -> Any:
+    """The `monitor:` section: one sub-section per registered monitor, `monitor.<name>`."""
+    return field(default=None, metadata={"monitors": True})
 
 
 # --- the schema shared by the single-run commands ----------------------------------------------------
 
 @dataclass
-class OptimConfig:
-    method: str = "gd"  # gd | flow
-    lr: float = 0.1  # GD step size; for flow, the GD step its time axis is measured in
-    rtol: float = 1.0e-10  # flow only: Dormand-Prince local error per coordinate <= atol + rtol |theta_i|
-    atol: float = 1.0e-12
-
-
-@dataclass
 class TrainConfig:
     max_steps: int = 2000
-    max_time: Optional[float] = None  # noqa: UP045 (omegaconf reads typing.Optional only); flow time budget
+    max_time: Optional[float] = None  # noqa: UP045 (omegaconf reads typing.Optional only); process-time budget
     tol: float = 1.0e-10
     convergence: Optional[str] = None  # noqa: UP045  residual | loss | grad_norm; null: the model's own
     divergence_norm: float = 1.0e12
     chunk_size: Optional[int] = None  # noqa: UP045  rows per gradient chunk; null: the whole batch at once
     device: str = "cpu"
     dtype: str = "float64"
-    time_unit: Optional[float] = None  # noqa: UP045  x-axis step = round(time / time_unit); null: GD step k,
-    # flow time in units of optim.lr
+    time_unit: Optional[float] = None  # noqa: UP045  x-axis step = round(process time / time_unit); null: the
+    # process's step count
     checkpoint_every_n_steps: int = 0  # 0: only at the end (and on interruption)
     resume: Optional[str] = None  # noqa: UP045  a run folder to continue
 
@@ -83,27 +84,6 @@ class TrainerConfig:
 
 
 @dataclass
-class SharpnessConfig:
-    every_n_steps: int = 10
-    tol: float = 1.0e-10
-    max_iter: int = 1000
-    top_k: int = 1
-
-
-@dataclass
-class PluginMonitorConfig:
-    every_n_steps: int = 0  # 0: off
-
-
-@dataclass
-class MonitorConfig:
-    every_n_steps: int = 1
-    sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)
-    balance: PluginMonitorConfig = field(default_factory=PluginMonitorConfig)  # extensions/balance.py
-    deep_theory: PluginMonitorConfig = field(default_factory=PluginMonitorConfig)  # extensions/deep_monitor.py
-
-
-@dataclass
 class OutputConfig:
     root: str = "runs"
     name: str = "train"
@@ -115,14 +95,15 @@ class RunConfig:
     model: Any = kind_section("model", default="scalar_linear")
     data: Any = kind_section("data")
     loss: Optional[str] = None  # noqa: UP045  a name in shallownet.losses.LOSSES; null: the model's own
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: Any = kind_section("process", default="gd", key="method")
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    monitor: Any = monitor_section()
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    renamed = {"monitor.every_n_steps": "monitor.dynamics.every_n_steps"}  # old key -> what replaced it
 
-PLUGIN_MONITORS = ("balance", "deep_theory")  # callbacks from extensions, by registry name
+
 OWNED_TRAINER_KEYS = {
     "max_steps": "train.max_steps", "max_epochs": "train.max_steps", "precision": "train.dtype",
     "accelerator": "train.device", "logger": "the run folder", "callbacks": "monitor.*",
@@ -135,20 +116,23 @@ OWNED_TRAINER_KEYS = {
 def load_config(schema: type, path: str | Path | None, overrides: list[str]) -> DictConfig:
     """Merge schema defaults, the YAML file (if any) and `key=value` overrides; check names and types.
 
-    A schema may set `kind_defaults = {model kind: {section: {key: value}}}`: its own defaults for the
-    sections of that model kind (compare's imbalanced start), applied when that kind is chosen.
+    A schema may set, as class attributes: `section_defaults` ({section: {key: value}}, its own defaults
+    for sections whose schema lives elsewhere, e.g. eos's monitor cadences), `kind_defaults` ({model kind:
+    {section: {key: value}}}, applied when that kind is chosen: compare's imbalanced start) and `renamed`
+    ({old dotted key: its new name}: an old name is refused with a hint naming the new one).
     """
     layers = ([read_yaml(Path(path))] if path is not None else []) + [parse_overrides(overrides)]
     for layer in layers:
         check_interpolations(layer, "")
+        _check_renamed(getattr(schema, "renamed", {}), layer)
     concrete = specialise(schema, layers)
     for layer in layers:
         check_against(concrete, layer, "")
     merged = OmegaConf.structured(concrete)
     model_kind = merged.get("model", {}).get("kind") if "model" in merged else None
-    own = getattr(schema, "kind_defaults", {}).get(model_kind)
-    if own:
-        merged = OmegaConf.merge(merged, own)
+    for own in (getattr(schema, "section_defaults", None), getattr(schema, "kind_defaults", {}).get(model_kind)):
+        if own:
+            merged = OmegaConf.merge(merged, own)
     try:
         for layer in layers:
             merged = OmegaConf.merge(merged, layer)
@@ -159,8 +143,30 @@ def load_config(schema: type, path: str | Path | None, overrides: list[str]) -> 
         raise ConfigError("config: interpolations refer to each other in a loop") from None
     check_against(concrete, resolved, "")  # interpolated values are checked like literal ones
     final = OmegaConf.merge(OmegaConf.structured(concrete), resolved)
+    for f in dataclasses.fields(concrete):
+        if "kind_list" in f.metadata:  # each entry typed by its own kind's schema
+            sections = [OmegaConf.structured(_kind_class(f.metadata["kind_list"], f.metadata["key"], entry))
+                        for entry in resolved[f.name]]
+            final[f.name] = [OmegaConf.merge(section, entry) for section, entry in zip(sections, resolved[f.name],
+                                                                                   strict=True)]
     OmegaConf.set_readonly(final, True)
     return final
+
+
+def _check_renamed(renamed: dict[str, str], layer: dict) -> None:
+    for key in _dotted_keys(layer, ""):
+        for old, new in renamed.items():
+            if key == old or key.startswith(old + "."):
+                raise ConfigError(f"config key '{old}' is now {new}")
+
+
+def _dotted_keys(node: Any, prefix: str) -> list[str]:
+    if not isinstance(node, dict):
+        return [prefix[:-1]] if prefix else []
+    keys = [prefix[:-1]] if prefix else []
+    for key, value in node.items():
+        keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -246,7 +252,22 @@ def parse_overrides(overrides: list[str]) -> dict:
         bad = next((item for item in overrides if not _parses(item)), overrides[-1] if overrides else "")
         raise ConfigError(f"override {bad!r} cannot be parsed ({str(err).splitlines()[0]})") from None
     _check_plain(data, "overrides", "")
+    _check_flow_mappings(data, "")
     return data
+
+
+def _check_flow_mappings(node: Any, key: str) -> None:
+    """{method:gd} is YAML for the key 'method:gd' with no value: say that a colon needs a space after it."""
+    if isinstance(node, dict):
+        for k, value in node.items():
+            if ":" in k and value is None:
+                name, _, given = k.partition(":")
+                raise ConfigError(f"override '{key or k}': {{{k}}} reads as the key {k!r} without a value; write "
+                                  f"{{{name}: {given}}} (a space after each colon)")
+            _check_flow_mappings(value, f"{key}.{k}" if key else k)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_flow_mappings(item, f"{key}[{i}]")
 
 
 def _parses(item: str) -> bool:
@@ -275,39 +296,79 @@ def check_interpolations(node: Any, key: str) -> None:
 # --- schemas with kind sections ----------------------------------------------------------------------
 
 def specialise(schema: type, layers: list[dict]) -> type:
-    """The schema with each kind section replaced by the dataclass of the kind the layers choose."""
+    """The schema with each kind section replaced by the dataclass of the kind the layers choose, and the
+    monitor section by one sub-section per registered monitor."""
     from shallownet import registry
 
     chosen: dict[str, str] = {}
     replaced = []
     for f in dataclasses.fields(schema):
+        if f.metadata.get("monitors"):
+            section = dataclasses.make_dataclass("MonitorSection", [
+                (name, kind.schema, field(default_factory=kind.schema))
+                for name, kind in _table("monitor").items()])
+            replaced.append((f.name, section, field(default_factory=section)))
+            continue
         table = f.metadata.get("kinds")
         if table is None:
             continue
-        kind = _chosen(layers, f.name)
-        if kind is None:
-            kind = f.metadata["default"] or registry.model_kind(chosen["model"]).default_data
-        lookup, known = ((registry.model_kind, registry.known_models) if table == "model"
-                         else (registry.data_kind, registry.known_data))
-        entry = lookup(kind) if isinstance(kind, str) else None
-        if entry is None:
-            raise ConfigError(f"config key '{f.name}.kind' must be one of {', '.join(known())}, got {kind!r}")
-        chosen[table] = kind
-        section = dataclasses.make_dataclass(
-            f"{table.capitalize()}Section", [("kind", str, field(default=kind))], bases=(entry.schema,))
+        key = f.metadata["key"]
+        name = _chosen(layers, f.name, key)
+        if name is None:
+            name = f.metadata["default"] or registry.model_kind(chosen["model"]).default_data
+        section = _kind_class(table, key, {key: name}, f.name)
+        chosen[table] = name
         replaced.append((f.name, section, field(default_factory=section)))
     if not replaced:
         return schema
     return dataclasses.make_dataclass(schema.__name__, replaced, bases=(schema,))
 
 
-def _chosen(layers: list[dict], section: str) -> Any:
-    kind = None
+def _table(table: str) -> dict:
+    from shallownet import registry
+
+    registry.known(table)  # loads every registration module
+    return registry.TABLES[table]
+
+
+KIND_WORDS = {"model": "model kinds", "data": "data kinds", "process": "methods", "monitor": "monitors"}
+
+
+def _kind_class(table: str, key: str, entry: Any, where: str = "") -> type:
+    """The dataclass of the kind that entry[key] names, with `key` as a field (ConfigError if unknown)."""
+    from shallownet import registry
+
+    where = where or "entry"
+    if not isinstance(entry, dict) or key not in entry:
+        raise ConfigError(f"config key '{where}' must be a section with a '{key}': one of "
+                          f"{', '.join(registry.known(table))}")
+    name = entry[key]
+    kind = registry.lookup(table, name)
+    if kind is None:
+        raise ConfigError(f"config key '{where}.{key}' must be one of {', '.join(registry.known(table))}"
+                          f"{_did_you_mean(name, registry.known(table))}, got {name!r}")
+    hints = _hints(kind.schema)
+    own = [(f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory))
+           for f in dataclasses.fields(kind.schema)]
+    # the choosing key first, so config.yaml reads "kind: mlp" (or "method: adam") at the top of its section
+    return dataclasses.make_dataclass(f"{table.capitalize()}Section", [(key, str, field(default=name)), *own],
+                                      namespace={"kind_table": table, "kind_key": key})
+
+
+def _did_you_mean(word: Any, candidates: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(word), candidates, n=1) if isinstance(word, str) else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _chosen(layers: list[dict], section: str, key: str) -> Any:
+    name = None
     for layer in layers:
         value = layer.get(section)
-        if isinstance(value, dict) and "kind" in value:
-            kind = value["kind"]
-    return kind
+        if isinstance(value, dict) and key in value:
+            name = value[key]
+    return name
 
 
 def _hints(schema: type) -> dict[str, Any]:
@@ -319,16 +380,37 @@ def check_against(schema: type, data: Any, prefix: str) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"config key '{prefix[:-1]}' is a section, not a value (got {data!r})")
     hints = _hints(schema)
-    fields = [f.name for f in dataclasses.fields(schema)]
+    fields = {f.name: f for f in dataclasses.fields(schema)}
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in hints:
-            where = f" under '{prefix[:-1]}'" if prefix else ""
-            owner = OWNED_TRAINER_KEYS.get(key) if prefix == "trainer." else None
-            if owner is not None:
-                raise ConfigError(f"config key '{full}' is set by {owner}; not accepted under 'trainer'")
-            raise ConfigError(f"unknown config key '{full}'; allowed{where}: {', '.join(fields)}")
+            raise ConfigError(_unknown(schema, key, full, prefix, list(fields)))
+        table = fields[key].metadata.get("kind_list")
+        if table is not None and not (isinstance(value, str) and _REFERENCE.fullmatch(value)):
+            if not isinstance(value, list) or not value:
+                raise ConfigError(f"config key '{full}' must be a non-empty list of sections, got {value!r}")
+            for i, entry in enumerate(value):
+                where = f"{full}[{i}]"
+                check_against(_kind_class(table, fields[key].metadata["key"], entry, where), entry, where + ".")
+            continue
         _check_value(hints[key], value, full)
+
+
+def _unknown(schema: type, key: str, full: str, prefix: str, fields: list[str]) -> str:
+    """The message for an unknown key: the allowed ones, a close match, and the kinds that do have it."""
+    from shallownet import registry
+
+    owner = OWNED_TRAINER_KEYS.get(key) if prefix == "trainer." else None
+    if owner is not None:
+        return f"config key '{full}' is set by {owner}; not accepted under 'trainer'"
+    where = f" under '{prefix[:-1]}'" if prefix else ""
+    message = f"unknown config key '{full}'{_did_you_mean(key, fields)}; allowed{where}: {', '.join(fields)}"
+    table = getattr(schema, "kind_table", None)
+    if table is not None:
+        owners = registry.owners(table, key)
+        if owners:
+            message += f"; '{key}' belongs to the {KIND_WORDS[table]} {', '.join(owners)}"
+    return message
 
 
 def _check_value(expected: Any, value: Any, key: str) -> None:
@@ -356,7 +438,7 @@ def _check_value(expected: Any, value: Any, key: str) -> None:
     if value is None:
         raise ConfigError(f"config key '{key}' must be set (null is not allowed here)")
     if isinstance(value, list):
-        raise ConfigError(f"config key '{key}' must be a single {_type_name(expected)}, not a list")
+        raise ConfigError(f"config key '{key}' must be {_type_name(expected)}, not a list")
     _check_scalar(expected, value, key)
 
 
@@ -392,71 +474,35 @@ def _describe(err: OmegaConfBaseException) -> str:
     return f"config key '{key}': {message}" if key else f"config: {message}"
 
 
+
+
 # --- range checks ------------------------------------------------------------------------------------
 
-def require(condition: bool, key: str, allowed: str, value: Any) -> None:
-    """Raise a ConfigError naming `key` and what it allows unless `condition` holds."""
-    if not condition:
-        raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
-
-
-def require_device(device: str, key: str) -> None:
-    """`device` is 'cpu', or 'cuda[:N]' with that GPU present on this machine."""
-    require(device == "cpu" or re.fullmatch(r"cuda(:\d+)?", device) is not None, key, "cpu or cuda[:N]", device)
-    if device == "cpu":
-        return
-    import torch
-
-    index = device.partition(":")[2]
-    present = torch.cuda.is_available() and (index == "" or int(index) < torch.cuda.device_count())
-    require(present, key, "cpu or a CUDA device present on this machine", device)
-
-
-def require_memory(n_bytes: float, what: str, key: str) -> None:
-    """Refuse before allocating what cannot fit in this machine's memory."""
-    available = physical_memory()
-    if n_bytes > available:
-        raise ConfigError(f"config key '{key}': {what} needs {n_bytes / 2**30:.3g} GiB, more than this machine's "
-                          f"{available / 2**30:.3g} GiB")
-
-
-def physical_memory() -> int:
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def validate_run(cfg: DictConfig) -> None:
-    """Range checks of a RunConfig (types were checked on load); the model and data kinds check their
-    own sections through their `validate` hooks where they have one."""
+    """Range checks of a RunConfig (types were checked on load); the kinds check their own sections through
+    their schemas' `validate` hooks where they have one."""
     from shallownet import registry
     from shallownet.losses import LOSSES
 
-    for entry in (registry.model_kind(cfg.model.kind), registry.data_kind(cfg.data.kind)):
-        check = getattr(entry.schema, "validate", None)
+    for kind in (registry.model_kind(cfg.model.kind), registry.data_kind(cfg.data.kind)):
+        check = getattr(kind.schema, "validate", None)
         if check is not None:
             check(cfg)
     require(cfg.loss is None or cfg.loss in LOSSES, "loss", f"one of {', '.join(LOSSES)} or null", cfg.loss)
-    o = cfg.optim
-    require(o.method in ("gd", "flow"), "optim.method", "gd or flow", o.method)
-    require(o.lr > 0, "optim.lr", "> 0", o.lr)
-    require(o.rtol > 0, "optim.rtol", "> 0", o.rtol)
-    require(o.atol > 0, "optim.atol", "> 0", o.atol)
+    process = validate_process(cfg.optim, "optim")
+    validate_monitors(cfg.monitor)
     t = cfg.train
     require(t.max_steps >= 1, "train.max_steps", "an integer >= 1", t.max_steps)
     require(t.max_time is None or t.max_time > 0, "train.max_time", "> 0 or null", t.max_time)
-    unit = t.time_unit or o.lr  # TensorBoard steps count in this unit: they must fit in int64
-    if o.method == "flow" and t.max_time is not None:
-        require(t.max_time / unit < INT64, "train.max_time", f"< 2^63 x-axis units of {unit:g}", t.max_time)
-    if t.time_unit is not None:
-        require(t.max_steps * o.lr / unit < INT64, "train.time_unit", "large enough that the x-axis fits 64 bits",
-                t.time_unit)
     require(t.time_unit is None or t.time_unit > 0, "train.time_unit", "> 0 or null", t.time_unit)
+    if t.time_unit is not None:  # TensorBoard steps count in this unit: they must fit in int64
+        longest = process.time(t.max_steps) if process.time_per_step() is not None else t.max_time
+        if longest is not None:
+            require(longest / t.time_unit < INT64, "train.time_unit",
+                    "large enough that the x-axis (process time / time_unit) fits 64 bits", t.time_unit)
     require(t.tol > 0, "train.tol", "> 0", t.tol)
-    from shallownet.registry import CONVERGENCE
-
-    require(t.convergence is None or t.convergence in CONVERGENCE, "train.convergence",
-            f"one of {', '.join(CONVERGENCE)} or null", t.convergence)
+    require(t.convergence is None or t.convergence in registry.CONVERGENCE, "train.convergence",
+            f"one of {', '.join(registry.CONVERGENCE)} or null", t.convergence)
     require(t.divergence_norm > 0, "train.divergence_norm", "> 0", t.divergence_norm)
     require(t.chunk_size is None or t.chunk_size >= 1, "train.chunk_size", "an integer >= 1 or null", t.chunk_size)
     require(t.dtype in DTYPES, "train.dtype", f"one of {', '.join(DTYPES)}", t.dtype)
@@ -468,14 +514,21 @@ def validate_run(cfg: DictConfig) -> None:
     require(tr.num_nodes >= 1, "trainer.num_nodes", "an integer >= 1", tr.num_nodes)
     require(tr.devices is None or ":" not in t.device, "trainer.devices",
             "null when train.device names one GPU (cuda:N)", tr.devices)
-    mon = cfg.monitor
-    require(mon.every_n_steps >= 1, "monitor.every_n_steps", "an integer >= 1", mon.every_n_steps)
-    s = mon.sharpness
-    require(s.every_n_steps >= 0, "monitor.sharpness.every_n_steps",
-            "an integer >= 0 (0 turns the sharpness monitor off)", s.every_n_steps)
-    require(s.tol > 0, "monitor.sharpness.tol", "> 0", s.tol)
-    require(s.max_iter >= 1, "monitor.sharpness.max_iter", "an integer >= 1", s.max_iter)
-    require(s.top_k >= 1, "monitor.sharpness.top_k", "an integer >= 1", s.top_k)
-    for name in PLUGIN_MONITORS:
-        every = mon[name].every_n_steps
-        require(every >= 0, f"monitor.{name}.every_n_steps", "an integer >= 0 (0: off)", every)
+
+
+def validate_process(section: DictConfig, key: str):
+    """Range checks of a process section (at `key`); returns the Process it describes (plain Python)."""
+    from shallownet import registry
+
+    kind = registry.process_kind(section.method)
+    check = getattr(kind.schema, "validate", None)
+    if check is not None:
+        check(section, key)
+    return kind.build(section)
+
+
+def validate_monitors(section: DictConfig) -> None:
+    for name, kind in _table("monitor").items():
+        check = getattr(kind.schema, "validate", None)
+        if check is not None:
+            check(section[name], f"monitor.{name}")

@@ -9,8 +9,9 @@ trainer.strategy=ddp`) is the same run as on one process, up to the order of flo
 - gradients, losses and counts are summed over the ranks by `all_reduce_sum` (one all-reduce for a
   list of tensors); DDP's own gradient averaging is not used;
 - Hessian-vector products are taken on the unwrapped module over this rank's shard and summed with one
-  all-reduce per product (`ShardedHessianOperator`); every rank runs the same eigensolver from the same
-  start on the same (all-reduced) products, so all ranks agree on the eigenvalues (checked per solve);
+  all-reduce per product (`shallownet.curvature.distributed.ShardedHessianOperator`); every rank runs the
+  same eigensolver from the same start on the same (all-reduced) products, so all ranks agree on the
+  eigenvalues (checked per solve);
 - only global rank 0 creates the run folder and writes to it; the others learn its path (`run_folder`).
 
 The CLI starts the process group itself when an external launcher (torchrun, srun, LSF, MPI) started
@@ -220,58 +221,3 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         out.append(flat[offset:offset + t.numel()].view(t.shape).to(t.dtype))
         offset += t.numel()
     return out
-
-
-class ShardedHessianOperator:
-    """v -> H v for the loss over the data of all ranks, from each rank's operator over its shard.
-
-    `operator` is a HessianOperator (mean-reduced loss) on this rank's rows of the data; the full-batch
-    Hessian is sum_r (rows_r / total) H_r, so each product is weighted and summed with one all_reduce.
-    Every rank must call it the same number of times (the eigensolvers do, from the same start).
-    """
-
-    def __init__(self, operator, rows: int, total: int):
-        self.operator, self.rows, self.total = operator, rows, total
-        self.weight = rows / total
-
-    @property
-    def model(self):
-        return self.operator.model
-
-    @property
-    def dim(self) -> int:
-        return self.operator.dim
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.operator.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.operator.device
-
-    def __call__(self, vector: torch.Tensor) -> torch.Tensor:
-        product = self.operator(vector) * self.weight
-        dist.all_reduce(product)
-        return product
-
-    def gradient(self) -> torch.Tensor:
-        gradient = self.operator.gradient() * self.weight
-        dist.all_reduce(gradient)
-        return gradient
-
-    def release(self) -> None:
-        self.operator.release()
-
-    def check_agreement(self, value: float, n_hvp: int) -> None:
-        """Raise if the ranks' eigensolvers did not end on the same eigenvalue with the same work (they run
-        the same arithmetic on the same products, so they agree bit for bit on identical hardware)."""
-        finite = value == value and abs(value) != float("inf")
-        mine = torch.tensor([value if finite else 0.0, float(finite), float(n_hvp)], dtype=torch.float64,
-                            device=self.device)
-        both = torch.cat([mine, -mine])  # max and -min in one all-reduce
-        dist.all_reduce(both, op=dist.ReduceOp.MAX)
-        high, low = both[:3], -both[3:]
-        if not torch.equal(high, low):
-            raise RuntimeError(f"the ranks' eigensolvers disagree (max {high.tolist()}, min {low.tolist()}): "
-                               "are the processes running on different hardware or software?")

@@ -5,7 +5,7 @@ exactly like a GD step. The closure must zero the gradients, compute the loss an
 closure FullBatchModule builds does). Each integrator exposes the flow time reached, `t`, and the number
 of closure calls, `grad_evals` (one full gradient each): the cost the benchmark compares.
 
-Depends on torch only (Lightning runs it through shallownet.module.FullBatchModule with optim.method=flow).
+Depends on torch only (runs use it through the process shallownet.processes.flows.GradientFlow, optim.method=flow).
 """
 
 from __future__ import annotations
@@ -36,13 +36,12 @@ STABLE_STEP = 3.0
 class FlowIntegrator(torch.optim.Optimizer):
     """Shared machinery: all parameters as one flat vector, velocities -grad L through the closure.
 
-    `t_stop` (None: no limit) clips the last step so that the flow lands exactly on it. Each parameter
-    group reports lr = 0: gradient flow is GD in the limit eta -> 0, so monitors that read the step size
-    (stability threshold 2/lr, lr * sharpness) see what the flow is: never unstable.
+    `t_stop` (None: no limit) clips the last step so that the flow lands exactly on it. A flow has no step
+    size: its parameter groups carry no `lr` (shallownet.processes.flows.GradientFlow says what it is).
     """
 
     def __init__(self, params: Iterable[torch.Tensor], t_stop: float | None = None):
-        super().__init__(params, {"lr": 0.0})
+        super().__init__(params, {})
         self._params = [p for group in self.param_groups for p in group["params"]]
         self.t_stop = t_stop
         # the clock lives in the optimizer state (as in torch's LBFGS) so that checkpoints carry it

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from shallownet import quantities
-from shallownet.builtin_kinds import INIT_SCHEMES
+
+INIT_SCHEMES = ("gaussian", "explicit", "imbalanced")
 
 
 class ScalarLinearNet(nn.Module):

@@ -1,9 +1,10 @@
 """The LightningModule that trains any model full-batch with a hand-rolled optimizer and ends itself.
 
 Manual optimisation. Each training_step judges the current state with the run's StopRule (converged,
-diverged, a budget, an interruption) and, if the run goes on, takes one optimizer step: GD (its gradient
-is computed first, chunked, and also serves the judgement) or a gradient-flow integrator (which calls the
-closure as often as its stages need). The data set lives on the module's device, placed once.
+diverged, a budget, an interruption) and, if the run goes on, takes one step of the run's process
+(shallownet.processes): a discrete process (GD, momentum, Adam, ...) applies the full-batch gradient computed
+first (chunked; it also serves the judgement), an integrating one (gradient flow) calls the closure as often
+as its stages need. The data set lives on the module's device, placed once.
 
 Under Lightning's DDP (several processes) each process keeps one block of the rows (shallownet.distributed)
 and every sum over the data is summed over the processes too, so the run is the one-process run: the
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from shallownet import distributed, interrupt
-from shallownet.flow import FlowIntegrator
+from shallownet.processes.base import Process
 from shallownet.registry import FullBatchData
 from shallownet.stop import StopRule
 
@@ -45,25 +46,25 @@ def _euclidean_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 class FullBatchModule(L.LightningModule):
-    """Full-batch training of `model` on the data of the trainer's FullBatchDataModule (or `use_data`).
+    """Full-batch training of `model` on the data of the trainer's FullBatchDataModule (or `use_data`), by
+    `process` (a shallownet.processes.base.Process: it makes the optimizer and keeps the clock).
 
     convergence: what `rule.tol` bounds: "residual" (|eps| from the model's quantities()), "loss" or
-    "grad_norm" (of the full-batch loss). chunk_size: rows per forward/backward; chunk i's loss is
-    weighted by n_i / N, so the gradient is the full-batch one (loss_fn must be a mean over rows).
-    time_unit: the GD step size the TensorBoard x-axis counts in (step = round(t / time_unit) with t the
-    flow time or lr * k); None logs GD at its step k. `outcome` is set once training has ended.
+    "grad_norm" (of the full-batch loss). rule.max_time bounds the process time. chunk_size: rows per
+    forward/backward; chunk i's loss is weighted by n_i / N, so the gradient is the full-batch one (loss_fn
+    must be a mean over rows). time_unit: the process time one TensorBoard x-axis step stands for (step =
+    round(time / time_unit)); None logs at the process's step count. `outcome` is set once training has ended.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Callable, make_optimizer: Callable, rule: StopRule,
+    def __init__(self, model: nn.Module, loss_fn: Callable, process: Process, rule: StopRule,
                  convergence: str = "loss", chunk_size: int | None = None, time_unit: float | None = None):
         super().__init__()
         self.automatic_optimization = False
-        self.model, self.loss_fn, self.make_optimizer, self.rule = model, loss_fn, make_optimizer, rule
+        self.model, self.loss_fn, self.process, self.rule = model, loss_fn, process, rule
         self.convergence, self.chunk_size, self.time_unit = convergence, chunk_size, time_unit
         self.outcome: str | None = None
         self.data: FullBatchData | None = None  # on this module's device: all rows, or this rank's shard
         self.shard: distributed.Shard | None = None  # which rows, when the data is split over processes
-        self.flow: FlowIntegrator | None = None
         self._source: FullBatchData | None = None  # the whole data set, as given to use_data
         self._votes: bool = False  # whether some rank asked to stop, from the last gradient's all-reduce
 
@@ -125,11 +126,14 @@ class FullBatchModule(L.LightningModule):
         return self.model(x)
 
     def configure_optimizers(self):
-        optimizer = self.make_optimizer(self.model.parameters())
-        if isinstance(optimizer, FlowIntegrator):
-            self.flow = optimizer
-            self.flow.t_stop = self.rule.max_time if self.rule.max_time < float("inf") else None
-        return optimizer
+        return self.process.make_optimizer(self.model.parameters(), max_time=self.rule.max_time)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["process"] = self.process.state_dict()
+        checkpoint["x_step"] = self.aligned_step()  # where the logs of this state are drawn (a resume cuts there)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.process.load_state_dict(checkpoint.get("process", {}))
 
     # --- losses and quantities -------------------------------------------------------------------------
 
@@ -239,17 +243,15 @@ class FullBatchModule(L.LightningModule):
 
     # --- judging and stepping --------------------------------------------------------------------------
 
-    @property
-    def flow_time(self) -> float:
-        return 0.0 if self.flow is None else self.flow.t
+    def time(self) -> float:
+        """The process time of the current state."""
+        return self.process.time(self.trainer.global_step)
 
     def aligned_step(self) -> int:
         """The TensorBoard step of the current state (see time_unit)."""
-        if self.flow is not None:
-            return round(self.flow.t / self.time_unit)
         if self.time_unit is None:
             return int(self.trainer.global_step)
-        return round(self.trainer.global_step * self.optimizers().param_groups[0]["lr"] / self.time_unit)
+        return round(self.time() / self.time_unit)
 
     def judge(self, loss: torch.Tensor | None = None, have_gradient: bool = False) -> str | None:
         """The StopRule's verdict on the current parameters; `loss` / gradients there if already computed."""
@@ -258,7 +260,7 @@ class FullBatchModule(L.LightningModule):
             error = float(residual() if callable(residual) else self.model.quantities()["residual"])
         else:
             error = self._convergence_error(loss, have_gradient)
-        return self.rule.judge(error, float(self._squared_norm()), self.trainer.global_step, self.flow_time,
+        return self.rule.judge(error, float(self._squared_norm()), self.trainer.global_step, self.time(),
                                interrupted=self._stop_requested(counted=have_gradient))
 
     def _convergence_error(self, loss: torch.Tensor | None, have_gradient: bool) -> float:
@@ -283,19 +285,20 @@ class FullBatchModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         optimizer = self.optimizers()
-        if self.flow is None:
+        integrates = self.process.integrates
+        if integrates:
+            loss, verdict = None, self.judge()
+        else:
             loss = self.compute_gradient()
             verdict = self.judge(loss, have_gradient=True)
-        else:
-            loss, verdict = None, self.judge()
         if verdict is not None:
             self.outcome = verdict
             self.trainer.should_stop = True
             return None
-        if self.flow is None:
-            optimizer.step()  # GD: the gradient above
-        else:
+        if integrates:
             optimizer.step(closure=self.compute_gradient)
+        else:
+            optimizer.step()  # the gradient above
         return loss
 
     def final_outcome(self) -> str:

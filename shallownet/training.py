@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import csv
-import functools
 import logging
 import os
 import sys
@@ -30,14 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from shallownet import distributed, registry
 from shallownet.callbacks.dynamics import DynamicsMonitor
+from shallownet.callbacks.periodic import PeriodicMonitor
 from shallownet.callbacks.run import PeriodicCheckpoint, RunRecorder, StopOnSignal, save_checkpoint
 from shallownet.callbacks.sharpness import SharpnessMonitor
-from shallownet.config import PLUGIN_MONITORS
+from shallownet.checks import ConfigError
 from shallownet.data import FullBatchDataModule
-from shallownet.flow import DormandPrince
 from shallownet.losses import LOSSES
 from shallownet.module import FullBatchModule
-from shallownet.optim import GradientDescent
 from shallownet.stop import StopRule
 
 CHECKPOINT = "last.ckpt"
@@ -85,45 +83,64 @@ def fit(module: L.LightningModule, datamodule: L.LightningDataModule, *, max_ste
 class Pieces:
     module: FullBatchModule
     datamodule: FullBatchDataModule
-    dynamics: DynamicsMonitor
-    sharpness: SharpnessMonitor | None
+    monitors: dict[str, PeriodicMonitor]  # by registry name: the monitors the config switched on
     recorder: RunRecorder
     callbacks: list = field(default_factory=list)
 
+    @property
+    def dynamics(self) -> DynamicsMonitor:
+        return self.monitors["dynamics"]
+
+    @property
+    def sharpness(self) -> SharpnessMonitor | None:
+        return self.monitors.get("sharpness")
+
 
 def build(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> Pieces:
-    """Model, data and loss by name, the optimizer, the stop rule and the monitors of one run."""
+    """Model, data, loss, process and monitors by name (shallownet.registry), and the stop rule of one run.
+
+    A monitor that does not apply to the model or the process is refused here (ConfigError naming the key
+    that switched it on), before anything is written."""
     model_kind = registry.model_kind(cfg.model.kind)
     dtype = getattr(torch, cfg.train.dtype)
-    data = registry.data_kind(cfg.data.kind).load(cfg, dtype)
+    data = registry.data_kind(cfg.data.kind).build(cfg, dtype)
     model = model_kind.build(cfg, data)
-    t, optim = cfg.train, cfg.optim
+    t = cfg.train
     _check_batch_statistics(model, t.chunk_size, len(data.x))
     _check_distributed(cfg, model, len(data.x))
     rule = StopRule(t.tol, t.divergence_norm, t.max_steps, float("inf") if t.max_time is None else t.max_time)
-    if optim.method == "gd":
-        make_optimizer = functools.partial(GradientDescent, lr=optim.lr)
-    else:
-        make_optimizer = functools.partial(DormandPrince, rtol=optim.rtol, atol=optim.atol)
-    module = FullBatchModule(model, LOSSES[cfg.loss or model_kind.loss], make_optimizer, rule,
+    process = registry.process_kind(cfg.optim.method).build(cfg.optim)
+    module = FullBatchModule(model, LOSSES[cfg.loss or model_kind.loss], process, rule,
                              convergence=t.convergence or model_kind.convergence, chunk_size=t.chunk_size,
-                             time_unit=cfg_time_unit(cfg))
+                             time_unit=t.time_unit)
     module.use_data(data)
-    dynamics = DynamicsMonitor(cfg.monitor.every_n_steps)
-    s = cfg.monitor.sharpness
-    sharpness = SharpnessMonitor(every_n_steps=s.every_n_steps, tol=s.tol, max_iter=s.max_iter, top_k=s.top_k,
-                                 chunk_size=t.chunk_size) if s.every_n_steps else None
-    recorder = RunRecorder(flat_hparams(cfg), dynamics, sharpness)
-    extra = [registry.monitor(name)(every_n_steps=cfg.monitor[name].every_n_steps)
-             for name in PLUGIN_MONITORS if cfg.monitor[name].every_n_steps]
-    callbacks = [dynamics, *([sharpness] if sharpness else []), *extra, *extra_callbacks, recorder]
-    return Pieces(module, FullBatchDataModule(data, t.max_steps), dynamics, sharpness, recorder, callbacks)
+    monitors = build_monitors(cfg, module)
+    recorder = RunRecorder(flat_hparams(cfg), monitors["dynamics"],
+                           [m for name, m in monitors.items() if name != "dynamics"])
+    callbacks = [*monitors.values(), *extra_callbacks, recorder]
+    return Pieces(module, FullBatchDataModule(data, t.max_steps), monitors, recorder, callbacks)
+
+
+def build_monitors(cfg: DictConfig, module: FullBatchModule) -> dict[str, PeriodicMonitor]:
+    """Every registered monitor that cfg.monitor switches on, checked against the model and the process."""
+    monitors = {}
+    for name in registry.known("monitor"):
+        section = cfg.monitor[name]
+        monitor = registry.lookup("monitor", name).build(cfg, section)
+        if monitor is None:
+            continue
+        why = monitor.refusal(module, module.process)
+        if why is not None:
+            key = f"monitor.{name}.every_n_steps"
+            raise ConfigError(f"config key '{key}' switches on the {name} monitor, which does not apply to "
+                              f"model.kind {cfg.model.kind} with optim.method {cfg.optim.method}: {why}")
+        monitors[name] = monitor
+    return {"dynamics": monitors.pop("dynamics"), **monitors}
 
 
 def _check_batch_statistics(model, chunk_size: int | None, rows: int) -> None:
     """BatchNorm nets train on full-batch statistics: chunks would make each chunk a batch of its own, a
     different loss from the full-batch one that the monitors and the curvature measure."""
-    from shallownet.config import ConfigError
     from shallownet.curvature.operators import batch_statistics_module
 
     found = batch_statistics_module(model)
@@ -141,7 +158,6 @@ def planned_processes(cfg: DictConfig) -> int:
 
 def _check_distributed(cfg: DictConfig, model, rows: int) -> None:
     """What Lightning's DDP can run exactly here (shallownet.distributed), refused before anything is written."""
-    from shallownet.config import ConfigError
     from shallownet.curvature.operators import batch_statistics_module
 
     tr = cfg.trainer
@@ -168,14 +184,6 @@ def _check_distributed(cfg: DictConfig, model, rows: int) -> None:
     if rows < world:
         raise ConfigError(f"the data has {rows} training rows, fewer than the {world} processes: every process "
                           "needs at least one (fewer trainer.devices)")
-
-
-def cfg_time_unit(cfg: DictConfig) -> float | None:
-    """The x-axis unit: train.time_unit if set; else GD logs at its step k and a flow at round(t / optim.lr)
-    (so it overlays GD at that step size)."""
-    if cfg.train.time_unit is not None:
-        return cfg.train.time_unit
-    return cfg.optim.lr if cfg.optim.method == "flow" else None
 
 
 def trainer_options(cfg: DictConfig) -> dict:
@@ -272,31 +280,28 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Callback] = 
 
 
 def summarise(cfg: DictConfig, pieces: Pieces, trainer: L.Trainer, wall: float) -> dict:
-    module, recorder = pieces.module, pieces.recorder
-    summary = {
-        "status": recorder.outcome, "steps": int(trainer.global_step), "model": cfg.model.kind,
-        "eta": cfg.optim.lr if cfg.optim.method == "gd" else None, "phi": module.data.target,
-        "width": cfg.model.get("width"), "seed": cfg.model.init.seed if "init" in cfg.model else None,
+    module, recorder, process = pieces.module, pieces.recorder, pieces.module.process
+    steps = int(trainer.global_step)
+    return {
+        "status": recorder.outcome, "steps": steps, "model": cfg.model.kind, "method": process.method,
+        "process": process.describe(), "identities": process.identities, "eta": process.lr, "time": process.time(steps),
+        "stability_threshold": process.threshold(), **process.work(steps),
+        "phi": module.data.target, "width": cfg.model.get("width"),
+        "seed": cfg.model.init.seed if "init" in cfg.model else None,
         "tol": cfg.train.tol, "convergence": module.convergence, "wall_time_s": wall,
         "init": recorder.init, "final": recorder.final,
     }
-    if module.flow is not None:
-        flow = module.flow
-        summary.update(time=flow.t, grad_evals=flow.grad_evals, rejected=flow.rejected)
-    return summary
 
 
 def flat_hparams(cfg: DictConfig) -> dict:
-    """Scalar config entries as dotted keys (TensorBoard's hparams tab takes no lists or nesting), without
-    the optimizer settings the method does not use."""
-    unused = {"gd": ("optim.rtol", "optim.atol"), "flow": ("optim.lr",)}[cfg.optim.method]
+    """Scalar config entries as dotted keys (TensorBoard's hparams tab takes no lists or nesting)."""
     flat = {}
 
     def walk(node, prefix):
         for key, value in node.items():
             if isinstance(value, dict):
                 walk(value, f"{prefix}{key}.")
-            elif value is not None and not isinstance(value, list) and f"{prefix}{key}" not in unused:
+            elif value is not None and not isinstance(value, list):
                 flat[f"{prefix}{key}"] = value
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return flat
@@ -310,12 +315,16 @@ def describe(summary: dict, run_dir: Path, root: str) -> str:
         "converged": f"converged in {summary['steps']} steps ({summary['convergence']} <= {summary['tol']:g})",
         "diverged": f"DIVERGED after {summary['steps']} steps (non-finite values or runaway norm)",
         "max_steps": f"not converged within {summary['steps']} steps ({error})",
-        "max_time": f"not converged within time {summary.get('time', float('nan')):g} ({error})",
+        "max_time": f"not converged within time {summary['time']:g} ({error})",
         "interrupted": f"INTERRUPTED after {summary['steps']} steps ({error}); resume with "
                        f"shallownet train train.resume={run_dir}",
     }[summary["status"]]
     sharpness = "off" if final.get("sharpness") is None else f"{final['sharpness']:.6g}"
-    threshold = f" (2/eta = {2 / summary['eta']:.6g})" if summary["eta"] else ""
+    preconditioned = final.get("curvature/preconditioned_sharpness")
+    if preconditioned is not None:
+        sharpness += f", preconditioned {preconditioned:.6g}"
+    threshold = summary["stability_threshold"]
+    threshold = f" (stability threshold of {summary['method']}: {threshold:.6g})" if threshold else ""
     norm = f"final norm = {final['norm']:.6g}, " if "norm" in final else ""
     return "\n".join([
         f"outcome: {outcome}",

@@ -96,13 +96,13 @@ OVERRIDES = [
     *_for(("figure1",), ("output=x",), "output", "section.as.value"),
     # nested lists where a flat list (or a value) is expected
     *_for(SINGLE, ("model.init.a0=[[1]]",), "model.init.a0", "nested.list"),
-    *_for(("compare",), ("gd.lrs=[[0.1]]",), "gd.lrs", "nested.list"),
-    *_for(("compare",), ("gd.lrs=[0.1,[0.2]]",), "gd.lrs", "partly.nested.list"),
+    *_for(("compare",), ("processes=[{method: gd, lr: [0.1]}]",), "processes[0].lr", "nested.list"),
+    *_for(("compare",), ("processes=[{method: gd, lr: 0.1}, [0.2]]",), "processes[1]", "partly.nested.list"),
     *_for(("figure1",), ("lrs=[[0.1]]",), "lrs", "nested.list"),
     *_for(("figure1",), ("inits=[[[1.0,2.0]]]",), "inits", "too.nested.list"),
     *_for(("figure1",), ("inits=[1.0,2.0]",), "inits", "flat.list.for.pairs"),
     *_for(SINGLE, ("model.width=[3]",), "model.width", "list.as.int"),
-    *_for(("sweep",), ("grid.eta.num=[[3]]",), "grid.eta.num", "nested.list.as.int"),
+    *_for(("sweep",), ("grid.lr.num=[[3]]",), "grid.lr.num", "nested.list.as.int"),
     *_for(("figure1",), ("max_steps=[[1]]",), "max_steps", "nested.list.as.int"),
     # integers beyond int64
     *_for(SINGLE, (f"model.width={BIG}",), "model.width", "width.int64"),
@@ -114,17 +114,17 @@ OVERRIDES = [
     *_for(SINGLE, ("train.max_steps=9223372036854775808",), "train.max_steps", "max_steps.2**63"),
     *_for(SINGLE, (f"model.init.a0=[{BIG}]",), "model.init.a0", "float.list.int64"),
     *_for(("train",), (f"optim.lr={BIG}",), "optim.lr", "float.int64"),
-    *_for(("compare",), (f"gf.max_time={BIG}",), "gf.max_time", "float.int64"),
-    *_for(("sweep",), (f"grid.eta.num={BIG}",), "grid.eta.num", "num.int64"),
+    *_for(("compare",), (f"processes=[{{method: gd, lr: {BIG}}}]",), "processes[0].lr", "float.int64"),
+    *_for(("sweep",), (f"grid.lr.num={BIG}",), "grid.lr.num", "num.int64"),
     *_for(("sweep",), (f"init.width={BIG}",), "init.width", "width.int64"),
     *_for(("sweep",), (f"init.seed={BIG}",), "init.seed", "seed.int64"),
-    *_for(("sweep",), (f"stop.max_steps={BIG}",), "stop.max_steps", "max_steps.int64"),
+    *_for(("sweep",), (f"train.max_steps={BIG}",), "train.max_steps", "max_steps.int64"),
     *_for(("sweep",), (f"engine.chunk_size={BIG}",), "engine.chunk_size", "chunk_size.int64"),
     *_for(("figure1",), (f"max_steps={BIG}",), "max_steps", "max_steps.int64"),
     # sizes that cannot be allocated (refused before allocating)
     *_for(SINGLE, (f"model.width={HUGE}",), "model.width", "width.unallocatable"),
     *_for(SINGLE, (f"data.n_points={HUGE}",), "data.n_points", "n_points.unallocatable"),
-    *_for(("sweep",), ("grid.eta.num=1000000", "grid.scale.num=1000000"), "grid.eta.num", "grid.unallocatable"),
+    *_for(("sweep",), ("grid.lr.num=1000000", "grid.scale.num=1000000"), "grid.lr.num", "grid.unallocatable"),
     *_for(("sweep",), (f"init.width={HUGE}",), "init.width", "width.unallocatable"),
     *_for(("sweep",), (f"init.width={HUGE}", "engine.backend=batched"), "init.width", "batched.width.unallocatable"),
     # from (1.0, 0.9) GD with eta = 1.05 neither converges nor diverges: every one of the steps is kept
@@ -185,7 +185,7 @@ OVERRIDES = [
     # unknown keys
     *_for(SINGLE, ("model.widthh=3",), "model.widthh", "unknown.key"),
     *_for(SINGLE, ("trainer.max_epochs=3",), "trainer.max_epochs", "owned.trainer.key"),
-    *_for(("sweep",), ("grid.eta.step=1",), "grid.eta.step", "unknown.key"),
+    *_for(("sweep",), ("grid.lr.step=1",), "grid.lr.step", "unknown.key"),
     *_for(("figure1",), ("output.progress=true",), "output.progress", "unknown.key"),
     *_for(("figure1",), ("model.width=3",), "model", "unknown.section"),
     *_for(COMMANDS, ("__class__=1",), "__class__", "dunder.key"),
@@ -196,23 +196,23 @@ OVERRIDES = [
     *_for(SINGLE, ("model.width=2.5",), "model.width", "int.float"),
     *_for(SINGLE, ("model.width=",), "model.width", "int.null"),
     *_for(("train",), ("optim.lr=fast",), "optim.lr", "float.word"),
-    *_for(("compare",), ("gf.rtol=fast",), "gf.rtol", "float.word"),
+    *_for(("compare",), ("processes=[{method: flow, rtol: fast}]",), "processes[0].rtol", "float.word"),
     *_for(("train",), ("optim.lr=true",), "optim.lr", "float.bool"),
-    *_for(("compare",), ("gf.rtol=true",), "gf.rtol", "float.bool"),
+    *_for(("compare",), ("processes=[{method: flow, rtol: true}]",), "processes[0].rtol", "float.bool"),
     *_for(SINGLE, ("model.init.a0=[1,x]",), "model.init.a0", "list.item.word"),
-    *_for(("compare",), ("gd.lrs=0.1",), "gd.lrs", "list.as.scalar"),
-    *_for(("sweep",), ("grid.eta.num=3.0",), "grid.eta.num", "int.float"),
-    *_for(("sweep",), ("grid.eta.spacing=[log]",), "grid.eta.spacing", "str.list"),
+    *_for(("compare",), ("processes=0.1",), "processes", "list.as.scalar"),
+    *_for(("sweep",), ("grid.lr.num=3.0",), "grid.lr.num", "int.float"),
+    *_for(("sweep",), ("grid.lr.spacing=[log]",), "grid.lr.spacing", "str.list"),
     *_for(("figure1",), ("max_steps=1.5",), "max_steps", "int.float"),
     *_for(("figure1",), ("lrs=[0.1,x]",), "lrs", "list.item.word"),
     # nan / inf
     *_for(SINGLE, ("model.phi=nan",), "model.phi", "nan"),
     *_for(("train",), ("optim.lr=inf",), "optim.lr", "inf"),
-    *_for(("compare",), ("gf.max_time=inf",), "gf.max_time", "inf"),
+    *_for(("compare",), ("train.max_time=inf",), "train.max_time", "inf"),
     *_for(SINGLE, ("model.init.a0=[1.0,-inf]",), "model.init.a0", "list.inf"),
-    *_for(("compare",), ("gd.lrs=[0.1,nan]",), "gd.lrs", "list.nan"),
+    *_for(("compare",), ("processes=[{method: gd, lr: 0.1}, {method: gd, lr: nan}]",), "processes[1].lr", "list.nan"),
     *_for(("sweep",), ("phi=inf",), "phi", "inf"),
-    *_for(("sweep",), ("grid.eta.stop=nan",), "grid.eta.stop", "nan"),
+    *_for(("sweep",), ("grid.lr.stop=nan",), "grid.lr.stop", "nan"),
     *_for(("figure1",), ("tol=nan",), "tol", "nan"),
     *_for(("figure1",), ("extent=-inf",), "extent", "negative.inf"),
     *_for(("figure1",), ("inits=[[1.0,nan]]",), "inits", "pair.nan"),
@@ -226,18 +226,20 @@ OVERRIDES = [
     *_for(SINGLE, ("train.dtype=float16",), "train.dtype", "dtype"),
     *_for(SINGLE, ("train.device=tpu",), "train.device", "device"),
     *_for(SINGLE, ("train.device=cuda:99",), "train.device", "absent.gpu"),
-    *_for(("compare",), ("gd.lrs=[]",), "gd.lrs", "empty.lrs"),
-    *_for(("compare",), ("gd.lrs=[0.1,-0.1]",), "gd.lrs[1]", "negative.lr"),
-    *_for(("compare",), ("gd.lrs=[0.1,0.1]",), "gd.lrs", "duplicate.lrs"),
-    *_for(("compare",), ("gf.max_time=0",), "gf.max_time", "zero.time"),
+    *_for(("compare",), ("processes=[]",), "processes", "empty.processes"),
+    *_for(("compare",), ("processes=[{method: gd, lr: 0.1}, {method: gd, lr: -0.1}]",), "processes[1].lr",
+          "negative.lr"),
+    *_for(("compare",), ("processes=[{method: gd, lr: 0.1}, {method: gd, lr: 0.1}]",), "processes",
+          "duplicate.processes"),
+    *_for(("compare",), ("train.max_time=0",), "train.max_time", "zero.time"),
     *_for(("sweep",), ("init.imbalance=1",), "init.imbalance", "imbalance.1"),
-    *_for(("sweep",), ("grid.eta.num=0",), "grid.eta.num", "empty.axis"),
+    *_for(("sweep",), ("grid.lr.num=0",), "grid.lr.num", "empty.axis"),
     *_for(("sweep",), ("grid.scale.stop=0.01",), "grid.scale.stop", "inverted.axis"),
     *_for(("sweep",), ("engine.backend=gpu",), "engine.backend", "backend"),
     *_for(("sweep",), ("engine.memory_mb=0",), "engine.memory_mb", "zero.memory"),
     *_for(("sweep",), ("engine.memory_mb=1e30",), "engine.memory_mb", "memory.beyond.machine"),
     *_for(("sweep",), ("init.width=0",), "init.width", "zero.width"),
-    *_for(("sweep",), ("stop.max_steps=-1",), "stop.max_steps", "negative.steps"),
+    *_for(("sweep",), ("train.max_steps=-1",), "train.max_steps", "negative.steps"),
     *_for(("figure1",), ("lrs=[0]",), "lrs[0]", "zero.lr"),
     *_for(("figure1",), ("lrs=[]",), "lrs", "empty.lrs"),
     *_for(("figure1",), ("inits=[]",), "inits", "empty.inits"),
@@ -412,10 +414,10 @@ def test_valid_reference_is_accepted_and_resolved(cli, tmp_path):
 
 # --- valid but extreme input does not crash ----------------------------------------------------------
 
-@pytest.mark.parametrize("args", [("stop.max_steps=1",), ("grid.eta.start=5", "grid.eta.stop=6")],
+@pytest.mark.parametrize("args", [("train.max_steps=1",), ("grid.lr.start=5", "grid.lr.stop=6")],
                          ids=["budget.of.one.step", "every.run.diverges"])
 def test_sweep_where_no_run_converges_writes_its_figures(cli, args):
-    code, out, err, dirs = cli("sweep", "grid.eta.num=3", "grid.scale.num=3", *args, "output.progress=false")
+    code, out, err, dirs = cli("sweep", "grid.lr.num=3", "grid.scale.num=3", *args, "output.progress=false")
     assert code == 0, err
     (run_dir,) = dirs
     for name in ("grid.npz", "figure3.png", "sharpness.png", "summary.json", "config.yaml"):
@@ -428,8 +430,8 @@ def test_sweep_where_no_run_converges_writes_its_figures(cli, args):
 
 
 def test_sweep_of_a_single_run_writes_its_figures(cli):
-    code, _, err, (run_dir,) = cli("sweep", "grid.eta.num=1", "grid.scale.num=1", "grid.eta.start=0.5",
-                                   "grid.eta.stop=0.5", "grid.scale.start=1", "grid.scale.stop=1",
+    code, _, err, (run_dir,) = cli("sweep", "grid.lr.num=1", "grid.scale.num=1", "grid.lr.start=0.5",
+                                   "grid.lr.stop=0.5", "grid.scale.start=1", "grid.scale.stop=1",
                                    "output.progress=false", "output.tensorboard=false")
     assert code == 0, err
     assert read_summary(run_dir)["outcomes"]["converged"] == 1

@@ -352,7 +352,7 @@ def test_balance_monitor_on_a_tanh_net_without_tensorboard():
     assert float(metrics["balance/applies"]) == 0.0
     assert not any(name.startswith("balance/pred_error") for name in metrics)
     assert float(metrics["balance/mean_abs_fc1"]) == pytest.approx(float(states[3]["fc1"].abs().mean()), rel=1e-12)
-    assert monitor.last["step"] == 3.0
+    assert monitor.last_step == 3 and monitor.last["balance/mean_abs_fc1"] == float(metrics["balance/mean_abs_fc1"])
     with pytest.raises(ValueError, match="every_n_steps"):
         BalanceMonitor(every_n_steps=0)
 

@@ -16,7 +16,8 @@ from shallownet.config import RunConfig, load_config
 from shallownet.stop import CONVERGED, DIVERGED
 from shallownet.training import build, run
 
-SMALL = ["model.width=4", "gd.lrs=[0.2,0.45]", "train.max_steps=500"]
+SMALL = ["model.width=4", "processes=[{method: gd, lr: 0.2}, {method: gd, lr: 0.45}, {method: flow}]",
+         "train.max_steps=500"]
 
 
 def read_result(run_dir):
@@ -32,7 +33,7 @@ def test_compare_runs_gd_and_gf_from_one_init_against_theory(cli):
     run_dir = dirs[0]
     result = read_result(run_dir)
     rows = {row["run"]: row for row in result["rows"]}
-    assert list(rows) == ["gd_lr=0.2", "gd_lr=0.45", "gf"]
+    assert list(rows) == ["gd_lr=0.2", "gd_lr=0.45", "flow"]
     assert "lam_GF = sqrt(4 phi^2 + Qn0^2)" in out and "gd_lr=0.45" in out
     qn0, phi = result["init"]["imbalance_norm"], result["phi"]
     lam_gf = math.sqrt(4 * phi * phi + qn0 * qn0)
@@ -42,7 +43,7 @@ def test_compare_runs_gd_and_gf_from_one_init_against_theory(cli):
         # |eps| <= tol = 1e-10 at the end: the measured limit is theory's to ~1e-10
         assert row["rel_error_norm"] <= 1e-9 and row["rel_error_sharpness"] <= 1e-8
         assert (run_dir / name / "last.ckpt").is_file()
-    gf = rows["gf"]
+    gf = rows["flow"]
     assert gf["theory_norm"] == pytest.approx(lam_gf, rel=1e-15)
     assert gf["imbalance_ratio"] == pytest.approx(1.0, abs=1e-9)
     assert gf["grad_evals"] > gf["steps"] and gf["time"] > 0
@@ -56,28 +57,38 @@ def test_compare_runs_gd_and_gf_from_one_init_against_theory(cli):
         steps, _ = events.read_metrics(run_dir / gd["run"])["dynamics/residual"]
         assert steps[-1] == round(lr * gd["steps"] / 0.2)
         assert "theory/imbalance_factor" in events.read_metrics(run_dir / gd["run"])
-    steps, _ = events.read_metrics(run_dir / "gf")["dynamics/residual"]
+    steps, _ = events.read_metrics(run_dir / "flow")["dynamics/residual"]
     assert steps[-1] == round(gf["time"] / 0.2)
 
 
-def test_compare_reports_a_flow_out_of_time(cli):
-    code, out, err, dirs = cli("compare", *SMALL, "gd.lrs=[0.3]", "gf.max_time=0.5")
+def test_compare_reports_processes_out_of_time(cli):
+    code, out, err, dirs = cli("compare", *SMALL, "processes=[{method: gd, lr: 0.3}, {method: flow}]",
+                               "train.max_time=0.5")
     assert code == 0, err
-    gf = read_result(dirs[0])["rows"][-1]
-    assert gf["outcome"] == "max_time" and gf["time"] == 0.5
+    gd, gf = read_result(dirs[0])["rows"]
+    assert gf["outcome"] == "max_time" and gf["time"] == 0.5  # the flow lands on the budget exactly
+    assert gd["outcome"] == "max_time" and gd["steps"] == 2 and gd["time"] == pytest.approx(0.6)  # first lr k >= 0.5
     assert gf["theory_norm"] is None and gf["rel_error_norm"] is None  # no limit to compare with
     assert "max_time" in out
 
 
 @pytest.mark.parametrize("override, key", [
-    ("gd.lrs=[]", "gd.lrs"),
-    ("gd.lrs=[0.1,0.0]", "gd.lrs[1]"),
-    ("gd.lrs=[-0.3]", "gd.lrs[0]"),
-    ("gd.lrs=[0.1,0.1]", "gd.lrs"),
-    ("gf.max_time=0", "gf.max_time"),
-    ("gf.rtol=-1e-3", "gf.rtol"),
-    ("time_unit=0", "time_unit"),
-    ("gd.lr=0.1", "gd.lr"),
+    ("processes=[]", "processes"),
+    ("processes=[{method: gd, lr: 0.1}, {method: gd, lr: 0.0}]", "processes[1].lr"),
+    ("processes=[{method: gd, lr: -0.3}]", "processes[0].lr"),
+    ("processes=[{method: gd, lr: 0.1}, {method: gd, lr: 0.1}]", "processes"),
+    ("processes=[{lr: 0.1}]", "processes[0]"),
+    ("processes=[{method: sgdd}]", "processes[0].method"),
+    ("processes=[{method: flow, lr: 0.1}]", "processes[0].lr"),
+    ("processes=[{method: flow, rtol: -1e-3}]", "processes[0].rtol"),
+    ("processes=[{method: adam, betas: [0.9, 1.0]}]", "processes[0].betas[1]"),
+    ("processes=[{method:gd}]", "processes[0]"),
+    ("train.max_time=0", "train.max_time"),
+    ("train.time_unit=0", "train.time_unit"),
+    ("train.resume=runs/x", "train.resume"),
+    ("gd.lrs=[0.1]", "gd"),
+    ("gf.max_time=1", "gf"),
+    ("time_unit=0.1", "time_unit"),
 ])
 def test_compare_rejects_bad_input_with_one_line_and_no_folder(cli, override, key):
     code, out, err, dirs = cli("compare", override)
@@ -128,7 +139,11 @@ def test_theory_monitor_survives_divergence(tmp_path):
     assert "theory/pred_error_residual" in events.read_metrics(tmp_path)
 
 
-def test_theory_monitor_refuses_gradient_flow(tmp_path):
-    with pytest.raises(ValueError, match="lr > 0"):
-        run(gd_config("optim.method=flow", "train.max_time=10"), tmp_path, extra_callbacks=[TheoryMonitor()])
+def test_theory_monitor_refuses_processes_without_gd_steps(tmp_path, cli):
+    with pytest.raises(ValueError, match="predicts GD steps"):
+        run(gd_config("optim.method=flow", "train.max_time=10"), tmp_path / "a", extra_callbacks=[TheoryMonitor()])
+    code, _, err, dirs = cli("train", "optim.method=momentum", "monitor.theory.every_n_steps=1")
+    assert code == 2 and "'monitor.theory.every_n_steps'" in err and "momentum" in err and dirs == []
+    code, _, err, dirs = cli("train", "model.kind=mlp", "monitor.theory.every_n_steps=1")
+    assert code == 2 and "shallow net" in err and dirs == []
 

@@ -13,7 +13,7 @@ from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from extensions import deep_data, deep_linear
+from extensions import deep_data, deep_kinds, deep_linear
 from extensions.deep_linear import ScalarChain
 from shallownet import deep_theory as dt
 from shallownet import quantities as shallow
@@ -27,8 +27,8 @@ from shallownet.optim import GradientDescent
 
 F64 = torch.float64
 PROPERTY = settings(max_examples=20, deadline=None)
-SCHEMA = {"deep_scalar_linear": deep_linear.DeepScalarLinearConfig, "scalar_chain": deep_linear.ScalarChainConfig,
-          "deep_linear": deep_linear.DeepLinearConfig}
+SCHEMA = {"deep_scalar_linear": deep_kinds.DeepScalarLinearConfig, "scalar_chain": deep_kinds.ScalarChainConfig,
+          "deep_linear": deep_kinds.DeepLinearConfig}
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -37,7 +37,7 @@ def make_config(kind: str, model: dict | None = None, data: dict | None = None):
     """A run config holding the model section of `kind` (schema defaults + overrides) and a data section."""
     section = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(SCHEMA[kind]), model or {}))
     if kind == "deep_linear":
-        defaults = OmegaConf.to_container(OmegaConf.structured(deep_data.MatrixRegressionConfig))
+        defaults = OmegaConf.to_container(OmegaConf.structured(deep_kinds.MatrixRegressionConfig))
         data = {"kind": "matrix_regression", **defaults, **(data or {})}
     else:
         data = {"kind": "points", "n_points": 1, "noise": 0.0, "seed": 0, **(data or {})}
@@ -54,7 +54,7 @@ def load_data(cfg, dtype=F64) -> registry.FullBatchData:
 def build(kind: str, model: dict | None = None, data: dict | None = None, dtype=F64):
     """(model, x, y, loss_fn) built through the registry entry of `kind`."""
     cfg = make_config(kind, model, data)
-    entry = registry.MODELS[kind]
+    entry = registry.model_kind(kind)
     batch = load_data(cfg, dtype)
     loss_fn = {"half_mse": half_mse, "half_sum_mse": half_sum_mse}[entry.loss]
     return entry.build(cfg, batch), batch.x, batch.y, loss_fn
@@ -571,10 +571,10 @@ def test_registry_entries():
                 "scalar_chain": ("points", "residual", "half_mse"),
                 "deep_linear": ("matrix_regression", "loss", "half_sum_mse")}
     for name, (data_kind, convergence, loss) in expected.items():
-        entry = registry.MODELS[name]
+        entry = registry.model_kind(name)
         assert (entry.default_data, entry.convergence, entry.loss) == (data_kind, convergence, loss)
         assert entry.schema is SCHEMA[name]
-    assert registry.DATA["matrix_regression"].schema is deep_data.MatrixRegressionConfig
+    assert registry.data_kind("matrix_regression").schema is deep_kinds.MatrixRegressionConfig
 
 
 @pytest.mark.parametrize("kind, model_cfg", [("deep_scalar_linear", {}), ("scalar_chain", {}), ("deep_linear", {})])
@@ -626,11 +626,11 @@ def test_validation_names_the_key():
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             SCHEMA[kind].validate(cfg)
             if cfg.data.kind == "matrix_regression":
-                deep_data.MatrixRegressionConfig.validate(cfg)
+                deep_kinds.MatrixRegressionConfig.validate(cfg)
     for kind in SCHEMA:  # the defaults are valid
         cfg = make_config(kind)
         SCHEMA[kind].validate(cfg)
-    deep_data.MatrixRegressionConfig.validate(make_config("deep_linear"))
+    deep_kinds.MatrixRegressionConfig.validate(make_config("deep_linear"))
 
 
 def test_deep_linear_refuses_scalar_points_data():
@@ -701,16 +701,16 @@ def test_monitor_predicts_every_imbalance_of_a_deep_linear_run(tmp_path):
         assert float(metrics[f"deep_theory/pred_imbalance_trace_{pair}"]) == pytest.approx(
             float(torch.trace(measured)), abs=1e-12)
     assert not any(name.endswith("sharpness") for name in metrics)  # not a scalar chain
-    assert monitor.last["pred_error_imbalance_1"] == float(metrics["deep_theory/pred_error_imbalance_1"])
+    assert monitor.last["deep_theory/pred_error_imbalance_1"] == float(metrics["deep_theory/pred_error_imbalance_1"])
     assert not torch.equal(before[0], matrices(model)[0])
     csv = (next(tmp_path.rglob("metrics.csv"))).read_text()
     assert "deep_theory/pred_imbalance_fro_2" in csv.splitlines()[0]
     # state for resume
     from extensions.deep_monitor import DeepTheoryMonitor
 
-    restored = DeepTheoryMonitor(every_n_steps=5)
+    restored = DeepTheoryMonitor(every_n_steps=5)  # the cadence is the constructor's, as in Lightning's callbacks
     restored.load_state_dict(monitor.state_dict())
-    assert restored.every_n_steps == 1 and restored.last == monitor.last
+    assert restored.every_n_steps == 5 and restored.last == monitor.last and restored.last_step == 3
 
 
 def test_monitor_on_a_plain_sequential_chain():
@@ -744,4 +744,5 @@ def test_monitor_on_scalar_chains_gd_and_gf():
     module = tiny_module(chain, x, y, half_mse, lambda p: DormandPrince(p))
     trainer, monitor = fit_with_monitor(module, 3)
     assert not any("pred_" in name for name in trainer.callback_metrics)
-    assert monitor.last["gf_solution_sharpness"] == pytest.approx(dt.chain_gf_solution_sharpness(w0, phi), rel=1e-9)
+    expected = dt.chain_gf_solution_sharpness(w0, phi)
+    assert monitor.last["deep_theory/gf_solution_sharpness"] == pytest.approx(expected, rel=1e-9)

@@ -44,13 +44,13 @@ def test_each_shipped_config_equals_the_builtin_defaults_key_for_key(command):
 
 def test_defaults_do_not_depend_on_the_working_directory(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "shallownet")
-    done = subprocess.run([exe, "sweep", "grid.eta.num=2", "grid.scale.num=2", "output.tensorboard=false",
+    done = subprocess.run([exe, "sweep", "grid.lr.num=2", "grid.scale.num=2", "output.tensorboard=false",
                            f"output.root={tmp_path / 'runs'}"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     cfg = yaml.safe_load(next((tmp_path / "runs").rglob("config.yaml")).read_text())
     assert cfg == OmegaConf.to_container(load_config(SweepConfig, None, [
-        "grid.eta.num=2", "grid.scale.num=2", "output.tensorboard=false", f"output.root={tmp_path / 'runs'}"]))
-    assert cfg["grid"]["eta"]["stop"] == 2.0 and cfg["output"]["name"] == "figure3"  # the Figure-3 grid
+        "grid.lr.num=2", "grid.scale.num=2", "output.tensorboard=false", f"output.root={tmp_path / 'runs'}"]))
+    assert cfg["grid"]["lr"]["stop"] == 2.0 and cfg["output"]["name"] == "figure3"  # the Figure-3 grid
 
 
 def test_trainer_section_passes_lightning_parameters_and_refuses_the_keys_the_run_owns():
@@ -93,14 +93,14 @@ def test_any_logger_gets_every_scalar_and_callback_metrics_serve_checkpointing(t
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     for tag in ("dynamics/residual", "dynamics/imbalance_ratio", "curvature/sharpness", "curvature/hvp_count"):
         assert tag in header, tag
-    assert float(trainer.callback_metrics["curvature/sharpness"]) == pieces.sharpness.last["sharpness"]
-    assert float(trainer.callback_metrics["dynamics/norm"]) == pieces.dynamics.last["norm"]
+    assert float(trainer.callback_metrics["curvature/sharpness"]) == pieces.sharpness.last["curvature/sharpness"]
+    assert float(trainer.callback_metrics["dynamics/norm"]) == pieces.dynamics.last["dynamics/norm"]
     assert best.best_model_score is not None and best.best_model_path
     # no hidden work: one solve per logged step (0, 10, 20), one operator, the data where it was placed
     assert len(solves) == 3 and len(pieces.sharpness.history) == 3
     assert all(op is operators[0] for op in operators)
     assert pieces.module.curvature_data()[0] is pieces.module.data.x
-    assert pieces.recorder.final["sharpness"] == pieces.sharpness.last["sharpness"]
+    assert pieces.recorder.final["sharpness"] == pieces.sharpness.last["curvature/sharpness"]
 
 
 def test_summary_has_no_sharpness_when_its_monitor_is_off(cli):

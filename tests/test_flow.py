@@ -159,7 +159,7 @@ def test_dormand_prince_bookkeeping_and_t_stop():
     assert flow.t == 0.7  # the last step is clipped to land exactly on t_stop
     # 1 gradient for the first stage, 1 for the starting-step estimate, then 6 per trial step (FSAL)
     assert flow.grad_evals == 2 + 6 * (steps + flow.rejected)
-    assert flow.param_groups[0]["lr"] == 0.0  # gradient flow is GD with eta -> 0
+    assert "lr" not in flow.param_groups[0]  # a flow has no step size
     restored = DormandPrince(ScalarLinearNet(torch.zeros(2, dtype=torch.float64),
                                              torch.zeros(2, dtype=torch.float64)).parameters())
     restored.load_state_dict(flow.state_dict())
@@ -204,7 +204,7 @@ def final_parameters(log_dir) -> tuple[np.ndarray, np.ndarray]:
 def test_lightning_gf_converges_to_the_closed_form_with_gd_tags(tmp_path):
     from shallownet.training import build, run
 
-    cfg = run_config("optim.method=flow", "optim.lr=0.1", "train.max_time=100")
+    cfg = run_config("optim.method=flow", "train.time_unit=0.1", "train.max_time=100")
     summary = run(cfg, tmp_path / "gf")
     assert summary["status"] == CONVERGED and summary["eta"] is None
     assert abs(summary["final"]["residual"]) <= cfg.train.tol
@@ -219,13 +219,15 @@ def test_lightning_gf_converges_to_the_closed_form_with_gd_tags(tmp_path):
                                                                                   * np.linalg.norm(a0 - b0), 1.0),
                                                      rel=1e-9)
     # the same tags as a GD run, on a time axis: step = round(t / 0.1)
-    run(run_config("optim.lr=0.1"), tmp_path / "gd")
+    run(run_config("optim.lr=0.1", "train.time_unit=0.1"), tmp_path / "gd")
     gf_tags, gd_tags = read_scalars(tmp_path / "gf"), read_scalars(tmp_path / "gd")
-    step_size_tags = {"curvature/stability_threshold", "curvature/sharpness_x_lr"}  # 2/eta, eta*S: GD only
+    step_size_tags = {"curvature/stability_threshold", "curvature/sharpness_x_lr",  # 2/eta, eta*S: GD only
+                      "curvature/sharpness_over_threshold"}
     assert {t for t in gd_tags if t.startswith(("dynamics/", "curvature/"))} - step_size_tags <= set(gf_tags)
     assert step_size_tags <= set(gd_tags) and not step_size_tags & set(gf_tags)
-    steps = gf_tags["dynamics/residual"][0]
-    assert steps[0] == 0 and np.all(np.diff(steps) > 0)
+    steps = gf_tags["dynamics/residual"][0]  # logged at every accepted step, drawn at round(t / 0.1)
+    assert steps[0] == 0 and np.all(np.diff(steps) >= 0)
+    np.testing.assert_array_equal(gf_tags["process/step"][1], np.arange(summary["steps"] + 1))
     assert steps[-1] == round(summary["time"] / 0.1)
     assert summary["grad_evals"] == 2 + 6 * (summary["steps"] + summary["rejected"])
 
@@ -234,7 +236,7 @@ def test_lightning_gf_from_antibalanced_init_ends_at_max_time(tmp_path):
     from shallownet.training import run
 
     cfg = run_config("model.init.scheme=explicit", "model.width=2", "model.init.a0=[0.5,-1.0]",
-                     "model.init.b0=[-0.5,1.0]", "optim.method=flow", "optim.lr=0.1", "train.max_time=3")
+                     "model.init.b0=[-0.5,1.0]", "optim.method=flow", "train.time_unit=0.1", "train.max_time=3")
     summary = run(cfg, tmp_path)
     assert summary["status"] == MAX_TIME
     assert summary["time"] == 3.0

@@ -74,7 +74,7 @@ def comparable(summary: dict) -> dict:
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result_bit_for_bit(tmp_path):
     config = ["train.max_steps=400", "train.tol=1e-300", "optim.lr=0.02", "monitor.sharpness.every_n_steps=7",
-              "monitor.every_n_steps=3", "train.checkpoint_every_n_steps=1", "output.progress=false"]
+              "monitor.dynamics.every_n_steps=3", "train.checkpoint_every_n_steps=1", "output.progress=false"]
     whole = subprocess.run([EXE, "train", f"output.root={tmp_path / 'whole'}", *config], capture_output=True,
                            text=True, env=ENV)
     assert whole.returncode == 0, whole.stderr[-2000:]

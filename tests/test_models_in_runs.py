@@ -93,7 +93,8 @@ def test_a_monitored_run_ends_bit_identical_to_an_unmonitored_one(tmp_path, kind
     monitors' measuring forwards."""
     monitored = run(config(kind, "monitor.sharpness.every_n_steps=2", "monitor.balance.every_n_steps=2"),
                     tmp_path / "on")
-    plain = run(config(kind, "monitor.sharpness.every_n_steps=0", "monitor.every_n_steps=1000"), tmp_path / "off")
+    plain = run(config(kind, "monitor.sharpness.every_n_steps=0", "monitor.dynamics.every_n_steps=1000"),
+                tmp_path / "off")
     assert monitored["steps"] == plain["steps"]
     on, off = final_state(tmp_path / "on"), final_state(tmp_path / "off")
     assert on.keys() == off.keys()

@@ -212,7 +212,7 @@ def test_chaotic_runs_agree_in_outcome_not_in_final_state():
 
 @pytest.fixture(scope="module")
 def figure3_grid():
-    return build_grid(load_config(SweepConfig, None, ["grid.eta.num=60", "grid.scale.num=40"]))
+    return build_grid(load_config(SweepConfig, None, ["grid.lr.num=60", "grid.scale.num=40"]))
 
 
 @pytest.mark.parametrize("nesterov", [False, True])

@@ -12,9 +12,21 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from extensions import real_models
-from extensions.real_data import CIFAR_TEST_FILE, CIFAR_TRAIN_FILES, Cifar10Config, DigitsConfig, load_cifar10
-from extensions.real_models import CNNConfig, MLPConfig, VGGConfig
+from extensions import real_kinds
+from extensions.mlp import ACTIVATIONS
+from extensions.real_data import load_cifar10
+from extensions.real_kinds import (
+    ACTIVATIONS as ACTIVATION_NAMES,
+)
+from extensions.real_kinds import (
+    CIFAR_TEST_FILE,
+    CIFAR_TRAIN_FILES,
+    Cifar10Config,
+    CNNConfig,
+    DigitsConfig,
+    MLPConfig,
+    VGGConfig,
+)
 from shallownet import registry
 from shallownet.config import ConfigError
 from shallownet.losses import half_sum_mse
@@ -182,7 +194,7 @@ def test_cifar_malformed_meta_and_too_many_examples(tmp_path):
 # --- digits -------------------------------------------------------------------------------------------
 
 def digits(**fields) -> FullBatchData:
-    return registry.data_kind("digits").load(OmegaConf.create({"data": OmegaConf.structured(DigitsConfig(**fields))}),
+    return registry.data_kind("digits").build(OmegaConf.create({"data": OmegaConf.structured(DigitsConfig(**fields))}),
                                              torch.float64)
 
 
@@ -223,7 +235,7 @@ def small_digits():
 
 
 def test_registered_kinds_and_defaults():
-    assert real_models.LOSS == "half_sum_mse"
+    assert real_kinds.LOSS == "half_sum_mse"
     for kind in ("mlp", "cnn", "vgg"):
         entry = registry.model_kind(kind)
         assert entry.default_data == "digits" and entry.loss == "half_sum_mse" and entry.convergence == "loss"
@@ -316,3 +328,7 @@ def test_schemas_validate_before_any_work(tmp_path):
     (tmp_path / "cifar" / "data_batch_2").unlink()
     one_line_error(lambda: Cifar10Config.validate(run_cfg(data=Cifar10Config(root=str(tmp_path / "cifar")))),
                    "data_batch_2", "missing")
+
+
+def test_the_schemas_list_the_activations_the_models_build():
+    assert set(ACTIVATION_NAMES) == set(ACTIVATIONS)

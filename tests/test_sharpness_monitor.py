@@ -16,10 +16,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from extensions.mlp import mlp
 from shallownet.callbacks.sharpness import LAYOUT, SharpnessMonitor
 from shallownet.curvature import dense_hessian
+from shallownet.events import read_metrics
 
 LR = 0.3
 TAGS = ["curvature/sharpness", "curvature/stability_threshold", "curvature/sharpness_x_lr",
-        "curvature/hvp_count", "curvature/residual"]
+        "curvature/sharpness_over_threshold", "curvature/hvp_count", "curvature/residual"]
 
 
 def half_mse(outputs, targets):
@@ -114,13 +115,16 @@ def test_logs_contract_tags_at_the_right_steps_with_dense_values(tmp_path):
         assert s_lr == pytest.approx(LR * s, rel=1e-6)
     assert all(value <= 1e-10 for _, value in scalars(accumulator, "curvature/residual"))
     assert all(value >= 1 for _, value in scalars(accumulator, "curvature/hvp_count"))
-    assert monitor.last["step"] == 7 and monitor.last["sharpness"] == monitor.history[-1][1]
-    assert monitor.last["residual"] <= 1e-10 and monitor.last["hvp_count"] >= 1
+    assert monitor.last_step == 7 and monitor.last["curvature/sharpness"] == monitor.history[-1][1]
+    assert monitor.last["curvature/residual"] <= 1e-10 and monitor.last["curvature/hvp_count"] >= 1
+    over = scalars(accumulator, "curvature/sharpness_over_threshold")  # S / (2 / lr): 1 is the edge
+    for (_, s), (_, ratio) in zip(scalars(accumulator, "curvature/sharpness"), over, strict=True):
+        assert ratio == pytest.approx(LR * s / 2, rel=1e-6)
 
     layout = layout_pb2.Layout.FromString(accumulator.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
-    assert charts == {"sharpness vs stability threshold 2/lr": ["^curvature/sharpness$",
-                                                                  "^curvature/stability_threshold$"]}
+    assert charts == {"sharpness (preconditioned for adaptive processes) vs the stability threshold": [
+        "^curvature/sharpness$", "^curvature/preconditioned_sharpness$", "^curvature/stability_threshold$"]}
     assert set(LAYOUT) == {"curvature"}
 
 
@@ -148,11 +152,16 @@ def test_state_dict_round_trip(tmp_path):
 
 
 def test_disabled_with_zero_interval(tmp_path):
-    monitor = SharpnessMonitor(every_n_steps=0)
-    accumulator = fit(TinyRegression(), monitor, tmp_path, max_steps=3)
-    assert not [tag for tag in accumulator.Tags()["scalars"] if tag.startswith("curvature/")]
-    assert accumulator.Tags()["tensors"] == []
-    assert monitor.history == [] and monitor.last == {}
+    from shallownet.config import RunConfig, load_config
+    from shallownet.training import build, run
+
+    cfg = load_config(RunConfig, None, ["monitor.sharpness.every_n_steps=0", "train.max_steps=3"])
+    assert build(cfg).sharpness is None  # 0 in the config: no monitor at all
+    summary = run(cfg, tmp_path)
+    assert not [tag for tag in read_metrics(tmp_path) if tag.startswith("curvature/")]
+    assert summary["final"]["sharpness"] is None
+    with pytest.raises(ValueError, match="every_n_steps"):
+        SharpnessMonitor(every_n_steps=0)
 
 
 def test_skips_non_finite_parameters_without_crashing(tmp_path):
@@ -169,11 +178,11 @@ def test_measure_leaves_grad_and_mode_alone_under_no_grad(training):
     exact = torch.linalg.eigvalsh(dense_hessian(module.net, half_mse, (module.inputs, module.targets)))[-1]
     monitor = SharpnessMonitor()
     with torch.no_grad():
-        result = monitor.measure(module)
+        result = monitor.solve(module)
     assert result.converged and result.value == pytest.approx(exact.item(), rel=1e-9)
     assert all(p.grad is None for p in module.parameters())
     assert all(m.training == training for m in module.modules())
-    again = monitor.measure(module)  # warm-started from the first: the answer is already there
+    again = monitor.solve(module)  # warm-started from the first: the answer is already there
     assert again.value == pytest.approx(result.value, rel=1e-12) and again.n_hvp <= 2
 
 
@@ -184,7 +193,7 @@ def test_float32_model_converges_at_its_precision():
     exact = torch.linalg.eigvalsh(dense_hessian(module.net.double(), half_mse,
                                                 (module.inputs.double(), module.targets.double())))[-1]
     module.net.float()
-    result = SharpnessMonitor().measure(module)  # default tol 1e-10 is out of float32's reach
+    result = SharpnessMonitor().solve(module)  # default tol 1e-10 is out of float32's reach
     assert result.converged and result.residual <= 1000 * torch.finfo(torch.float32).eps
     assert result.vector.dtype == torch.float32
     assert result.value == pytest.approx(exact.item(), rel=1e-5)

@@ -13,7 +13,7 @@ from shallownet.figure1 import DIVERGENCE_NORM, gd_path
 from shallownet.losses import half_mse
 from shallownet.model import ScalarLinearNet
 from shallownet.module import FullBatchModule
-from shallownet.optim import GradientDescent
+from shallownet.processes.descent import GradientDescentProcess
 from shallownet.registry import FullBatchData
 from shallownet.stop import CONVERGED, DIVERGED, GO_ON, INTERRUPTED, MAX_STEPS, MAX_TIME, OUTCOMES, StopRule
 from shallownet.sweep.engine import simulate
@@ -61,7 +61,7 @@ def test_the_scalar_and_the_vectorised_forms_of_the_rule_agree():
 
 def lightning_outcome(a: float, b: float) -> tuple[str, int]:
     net = ScalarLinearNet(torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64))
-    module = FullBatchModule(net, half_mse, lambda p: GradientDescent(p, lr=ETA), RULE, convergence="residual")
+    module = FullBatchModule(net, half_mse, GradientDescentProcess(lr=ETA), RULE, convergence="residual")
     data = FullBatchData(torch.ones(1, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64), target=1.0)
     module.use_data(data)
     from shallownet.data import FullBatchDataModule

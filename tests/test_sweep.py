@@ -203,7 +203,7 @@ def test_twenty_grid_points_agree_with_the_lightning_run(figure3_grid, tmp_path)
             f"model.width={grid.a0.shape[1]}", "model.init.scheme=imbalanced", "model.init.imbalance=0.5",
             "model.init.seed=0", f"model.init.scale={float(grid.scale[index_all[i]])!r}", f"model.phi={grid.phi}",
             f"optim.lr={float(eta_all[i])!r}", f"train.max_steps={grid.rule.max_steps}", f"train.tol={grid.rule.tol}",
-            f"train.divergence_norm={grid.rule.divergence_norm}", "monitor.every_n_steps=1000000",
+            f"train.divergence_norm={grid.rule.divergence_norm}", "monitor.dynamics.every_n_steps=1000000",
             "monitor.sharpness.every_n_steps=0",
         ]
         summary = run(load_config(RunConfig, None, overrides), tmp_path / str(i))
@@ -217,7 +217,7 @@ def test_twenty_grid_points_agree_with_the_lightning_run(figure3_grid, tmp_path)
 
 # --- the `shallownet sweep` command ----------------------------------------------------------------
 
-SMALL = ["grid.eta.num=24", "grid.scale.num=20", "stop.max_steps=3000", "output.progress=false"]
+SMALL = ["grid.lr.num=24", "grid.scale.num=20", "train.max_steps=3000", "output.progress=false"]
 
 
 def test_sweep_command_writes_the_run_folder(cli):
@@ -242,17 +242,17 @@ def test_sweep_command_writes_the_run_folder(cli):
 
 
 @pytest.mark.parametrize("override, key", [
-    ("grid.eta.num=0", "grid.eta.num"),
-    ("grid.eta.stop=0.001", "grid.eta.stop"),  # inverted: stop below start
+    ("grid.lr.num=0", "grid.lr.num"),
+    ("grid.lr.stop=0.001", "grid.lr.stop"),  # inverted: stop below start
     ("grid.scale.stop=0.1", "grid.scale.stop"),  # empty range: stop == start with num > 1
-    ("grid.eta.start=0", "grid.eta.start"),
-    ("grid.eta.start=-0.5", "grid.eta.start"),
-    ("grid.eta.num=1000000000", "engine.memory_mb"),  # 3e11 runs: no chunking makes the results fit
+    ("grid.lr.start=0", "grid.lr.start"),
+    ("grid.lr.start=-0.5", "grid.lr.start"),
+    ("grid.lr.num=1000000000", "engine.memory_mb"),  # 3e11 runs: no chunking makes the results fit
     ("engine.memory_mb=1e12", "engine.memory_mb"),  # more than the machine has
     ("engine.backend=jax", "engine.backend"),
     ("engine.device=cuda:7", "engine.device"),
-    ("stop.tol=0", "stop.tol"),
-    ("grid.eta.spacing=cubic", "grid.eta.spacing"),
+    ("train.tol=0", "train.tol"),
+    ("grid.lr.spacing=cubic", "grid.lr.spacing"),
 ])
 def test_bad_input_exits_2_before_any_work(cli, override, key):
     code, out, err, dirs = cli("sweep", override, config=CONFIGS / "sweep.yaml")

@@ -13,7 +13,7 @@ from shallownet.sweep.distributed import PIECE, share
 from tests.conftest import CONFIGS, REPO, read_summary, run_dirs
 
 # 3000 runs: three pieces of 1024, dealt 2 to rank 0 and 1 to rank 1.
-GRID = ["grid.eta.num=60", "grid.scale.num=50", "stop.max_steps=3000", "output.tensorboard=false",
+GRID = ["grid.lr.num=60", "grid.scale.num=50", "train.max_steps=3000", "output.tensorboard=false",
         "output.progress=false"]
 
 

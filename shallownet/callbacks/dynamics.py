@@ -5,9 +5,12 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from shallownet.callbacks.logging import log_values
+from shallownet.callbacks.periodic import PeriodicMonitor
 from shallownet.callbacks.tensorboard import find_writer, log_step
-from shallownet.stop import INTERRUPTED
+from shallownet.processes.base import process_of
+
+PROCESS_STEP = "process/step"
+PROCESS_TIME = "process/time"
 
 
 def module_quantities(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
@@ -19,66 +22,42 @@ def module_quantities(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
     return source()
 
 
-class DynamicsMonitor(L.Callback):
-    """At train start, every `every_n_steps` steps and at train end, logs each 0-dim quantity as the scalar
-    `dynamics/<name>` through the logger API (every logger, and trainer.callback_metrics) and each 1-dim
-    quantity as the histogram `dynamics/<name>` (TensorBoard only).
+class DynamicsMonitor(PeriodicMonitor):
+    """Logs each 0-dim quantity as the scalar `dynamics/<name>` through the logger API (every logger, and
+    trainer.callback_metrics) and each 1-dim quantity as the histogram `dynamics/<name>` (TensorBoard only),
+    with the process's own step count and time as `process/step` and `process/time` (the x-axis of a
+    compare run is shared time; these say where each process was). Cadence: PeriodicMonitor's.
 
     A model's `ratios = {"<ratio>": "<vector>"}` adds the scalar dynamics/<ratio>: the vector's entry with
     the largest initial magnitude, over its initial value (the reference is kept across a resume).
-    `first` and `last` hold the first and last logged scalars (the run summary's init / final).
     """
 
     def __init__(self, every_n_steps: int = 1):
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
-        self.every_n_steps = every_n_steps
-        self.first: dict[str, float] = {}
-        self.last: dict[str, float] = {}
-        self.last_step: int | None = None
+        super().__init__(every_n_steps)
         self.references: dict[str, tuple[int, float]] = {}  # ratio name -> (entry, initial value)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # a resumed run (global_step > 0) logs its first state only if an unbroken run would have
-        if trainer.global_step == 0 or log_step(trainer, pl_module) % self.every_n_steps == 0:
-            self._log(trainer, pl_module)
+    def refusal(self, pl_module, process) -> str | None:
+        model = getattr(pl_module, "model", None)
+        if not callable(getattr(pl_module, "quantities", None)) and not callable(getattr(model, "quantities", None)):
+            return "the module has no quantities() (nor has pl_module.model)"
+        return None
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if log_step(trainer, pl_module) % self.every_n_steps == 0:
-            self._log(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not interrupted(pl_module):  # the resumed run logs from its checkpoint on: nothing extra here
-            self._log(trainer, pl_module)
-
-    def measure(self, pl_module: L.LightningModule) -> dict[str, float]:
-        """The scalars at the current state, logging nothing."""
-        return self._scalars(module_quantities(pl_module), pl_module)[0]
-
-    def state_dict(self) -> dict:
-        return {"first": self.first, "last": self.last, "last_step": self.last_step, "references": self.references}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.first, self.last = state_dict["first"], state_dict["last"]
-        self.last_step, self.references = state_dict["last_step"], state_dict["references"]
-
-    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        step = log_step(trainer, pl_module)
-        if step == self.last_step:
-            return
-        self.last_step = step
-        scalars, vectors = self._scalars(module_quantities(pl_module), pl_module)
-        if not self.first:
-            self.first = scalars
-        self.last = scalars
-        log_values(trainer, {f"dynamics/{name}": value for name, value in scalars.items()}, step)
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        scalars, vectors = self.quantities(pl_module)
+        step = trainer.global_step
+        values = {f"dynamics/{name}": value for name, value in scalars.items()}
+        values[PROCESS_STEP] = float(step)
+        values[PROCESS_TIME] = process_of(trainer, pl_module).time(step)
         writer = find_writer(trainer)
         if writer is not None:
+            x = log_step(trainer, pl_module)
             for name, vector in vectors.items():
-                _log_histogram(writer, f"dynamics/{name}", vector.cpu().double().numpy(), step)
+                _log_histogram(writer, f"dynamics/{name}", vector.cpu().double().numpy(), x)
+        return values
 
-
-    def _scalars(self, values: dict, pl_module) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    def quantities(self, pl_module: L.LightningModule) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """(scalars by name, vectors by name) at the current state, logging nothing."""
+        values = module_quantities(pl_module)
         scalars = {name: float(v.detach()) for name, v in values.items() if v.dim() == 0}
         vectors = {name: v.detach() for name, v in values.items() if v.dim() == 1}
         for ratio, name in getattr(getattr(pl_module, "model", None), "ratios", {}).items():
@@ -89,9 +68,11 @@ class DynamicsMonitor(L.Callback):
             scalars[ratio] = float(vectors[name][index]) / initial if initial else float("nan")
         return scalars, vectors
 
+    def extra_state(self) -> dict:
+        return {"references": self.references}
 
-def interrupted(pl_module: L.LightningModule) -> bool:
-    return getattr(pl_module, "outcome", None) == INTERRUPTED
+    def load_extra_state(self, state: dict) -> None:
+        self.references = state["references"]
 
 
 def _log_histogram(writer, tag: str, values, step: int) -> None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 
 from shallownet import interrupt
 from shallownet.callbacks.dynamics import DynamicsMonitor
-from shallownet.callbacks.sharpness import SharpnessMonitor
+from shallownet.callbacks.periodic import PeriodicMonitor
+from shallownet.callbacks.sharpness import SHARPNESS
 from shallownet.callbacks.tensorboard import find_writer, log_step
-from shallownet.stop import CONVERGED, DIVERGED, INTERRUPTED
+from shallownet.stop import CONVERGED, DIVERGED
 
 # hparams session status per outcome: TensorBoard's hparams tab shows and filters on it
 _STATUS = {CONVERGED: "STATUS_SUCCESS", DIVERGED: "STATUS_FAILURE"}
@@ -21,29 +23,35 @@ class RunRecorder(L.Callback):
     """At the end of a run: the outcome, the init / final values the monitors logged (no extra solves),
     and the hparams entry (the config, the outcome as a filterable hparam, final loss / sharpness /
     steps as metrics, and a session status: success for converged, failure for diverged, unknown for
-    budgets and interruptions). Put it after the monitors in the callback list."""
+    budgets and interruptions). Put it after the monitors in the callback list.
 
-    def __init__(self, hparams: dict, dynamics: DynamicsMonitor, sharpness: SharpnessMonitor | None):
-        self.hparams, self.dynamics, self.sharpness = hparams, dynamics, sharpness
+    init / final are flat: the dynamics quantities by name (loss, residual, norm, ...), `sharpness`, and
+    every other monitor's tags as they are (curvature/stability_threshold, balance/mean_abs, ...). A final
+    value is only one measured at the final state: an interrupted run's dynamics are measured there, a
+    monitor whose last measurement is older says nothing (its values are left out)."""
+
+    def __init__(self, hparams: dict, dynamics: DynamicsMonitor, monitors: Sequence[PeriodicMonitor] = ()):
+        self.hparams, self.dynamics, self.monitors = hparams, dynamics, list(monitors)
         self.outcome: str | None = None
         self.init: dict = {}
         self.final: dict = {}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.outcome = pl_module.final_outcome()
-        self.init, self.final = dict(self.dynamics.first), dict(self.dynamics.last)
-        if self.outcome == INTERRUPTED:  # the monitors did not log this state (a resume will)
-            self.final = self.dynamics.measure(pl_module)
-        first, last = (self.sharpness.first, self.sharpness.last) if self.sharpness else ({}, {})
-        self.init["sharpness"] = first.get("sharpness")
-        # an interrupted run's last solve may be older than its final state: no sharpness then
-        current = last.get("step") == log_step(trainer, pl_module)
-        self.final["sharpness"] = last.get("sharpness") if current else None
+        step = trainer.global_step
+        self.init, self.final = {"sharpness": None}, {"sharpness": None}
+        for monitor in (self.dynamics, *self.monitors):
+            self.init.update(summary_names(monitor.first))
+            if monitor.last_step == step:
+                self.final.update(summary_names(monitor.last))
+        if self.dynamics.last_step != step:  # interrupted: the monitors did not log this state (a resume will)
+            scalars, _ = self.dynamics.quantities(pl_module)
+            self.final.update(scalars)
         writer = find_writer(trainer)
         if writer is not None and trainer.is_global_zero:  # before Lightning finalizes the logger: one events
-            self._write_hparams(writer, trainer.global_step)  # file (the other ranks' writer is a stand-in)
+            self._write_hparams(writer, step, log_step(trainer, pl_module))  # file (other ranks': a stand-in)
 
-    def _write_hparams(self, writer, steps: int) -> None:
+    def _write_hparams(self, writer, steps: int, x: int) -> None:
         from torch.utils.tensorboard.summary import hparams
 
         metrics = {"hparams/final_loss": self.final.get("loss"), "hparams/final_sharpness": self.final["sharpness"],
@@ -53,7 +61,18 @@ class RunRecorder(L.Callback):
         for summary in (experiment, start, _session_end(_STATUS.get(self.outcome, "STATUS_UNKNOWN"))):
             writer.file_writer.add_summary(summary)
         for tag, value in metrics.items():
-            writer.add_scalar(tag, value, steps)
+            writer.add_scalar(tag, value, x)
+
+
+def summary_names(values: dict[str, float]) -> dict[str, float]:
+    """A run summary's names for logged tags: dynamics/<q> -> <q>, curvature/sharpness -> sharpness, the
+    process/* clock left out (summary.json has steps and time of its own), every other tag as it is."""
+    named = {}
+    for tag, value in values.items():
+        if tag.startswith("process/"):
+            continue
+        named["sharpness" if tag == SHARPNESS else tag.removeprefix("dynamics/")] = value
+    return named
 
 
 def _session_end(status: str):

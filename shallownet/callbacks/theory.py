@@ -6,12 +6,12 @@ import lightning as L
 import numpy as np
 
 from shallownet import theory
-from shallownet.callbacks.logging import log_values
-from shallownet.callbacks.tensorboard import log_step
+from shallownet.callbacks.periodic import PeriodicMonitor
+from shallownet.processes.base import GD_IDENTITIES, process_of
 
 
-class TheoryMonitor(L.Callback):
-    """After every GD step, logs the public tags
+class TheoryMonitor(PeriodicMonitor):
+    """Observes every GD step and logs, at PeriodicMonitor's cadence, the public tags
 
         theory/gf_solution_sharpness   sqrt(4 phi^2 + Qn_t^2): the sharpness of the minimum gradient flow
                                        would reach from the current point
@@ -24,39 +24,51 @@ class TheoryMonitor(L.Callback):
                                        |predicted - measured| for eps and lam
         theory/pred_error_imbalance    max over units i of |predicted Q_i - measured Q_i|
 
-    The step size is the optimizer's `lr` (GD); the module's model must be a shallow net: `model.phi` and
-    `model.quantities()` with residual, norm, imbalance_norm and imbalance_per_unit (ScalarLinearNet).
-    `factor` holds P after the run; `last` the last values logged. Its state is kept in checkpoints.
+    It needs a process with GD's one-step identities (its step size eta is the process's lr) and the shallow
+    net: `model.phi` and `model.quantities()` with residual, norm, imbalance_norm and imbalance_per_unit
+    (ScalarLinearNet). `factor` holds P after the run. Its state is kept in checkpoints.
     """
 
-    def __init__(self):
-        self.eta = float("nan")
+    def __init__(self, every_n_steps: int = 1):
+        super().__init__(every_n_steps)
         self.factor = 1.0
-        self.last: dict[str, float] = {}
+        self._values: dict[str, float] = {}
         self._previous: dict | None = None
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.eta = float(trainer.optimizers[0].param_groups[0].get("lr", 0.0))
-        if not self.eta > 0:  # gradient-flow integrators report lr = 0
-            raise ValueError("TheoryMonitor predicts GD steps: the optimizer needs a step size lr > 0")
+    def refusal(self, pl_module, process) -> str | None:
+        if process.identities != GD_IDENTITIES:
+            return f"it predicts GD steps, and the process {process.method} does not take them"
+        model = getattr(pl_module, "model", None)
+        known = getattr(model, "quantities", None)
+        needed = {"residual", "norm", "imbalance_norm", "imbalance_per_unit"}
+        if getattr(model, "phi", None) is None or not callable(known) or not needed <= set(known()):
+            return "it needs the shallow net (a model with phi and the quantities residual, norm, imbalance_norm " \
+                   "and imbalance_per_unit)"
+        return None
+
+    def start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._previous is None:  # a resumed run continues from its checkpointed state
             self.factor = 1.0
             self._observe(trainer, pl_module)
 
-    def state_dict(self) -> dict:
-        previous = self._previous and {**self._previous, "per_unit": self._previous["per_unit"].tolist()}
-        return {"factor": self.factor, "last": self.last, "previous": previous}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.factor, self.last, previous = state_dict["factor"], state_dict["last"], state_dict["previous"]
-        self._previous = None if previous is None else {**previous, "per_unit": np.array(previous["per_unit"])}
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step != self._previous["step"]:  # the batch that only judged the state took no step
             self._observe(trainer, pl_module)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        return {f"theory/{name}": float(value) for name, value in self._values.items()}
+
+    def extra_state(self) -> dict:
+        previous = self._previous and {**self._previous, "per_unit": self._previous["per_unit"].tolist()}
+        return {"factor": self.factor, "values": self._values, "previous": previous}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.factor, self._values, previous = state["factor"], state["values"], state["previous"]
+        self._previous = None if previous is None else {**previous, "per_unit": np.array(previous["per_unit"])}
 
     def _observe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        phi = pl_module.model.phi
+        eta, phi = process_of(trainer, pl_module).lr, pl_module.model.phi
         known = pl_module.model.quantities()
         current = {name: float(known[name]) for name in ("residual", "norm", "imbalance_norm")}
         current["step"] = trainer.global_step
@@ -64,9 +76,8 @@ class TheoryMonitor(L.Callback):
         values = {"gf_solution_sharpness": float(theory.gf_solution_sharpness(current["imbalance_norm"], phi))}
         previous = self._previous
         if previous is not None:
-            eps, lam, per_unit = theory.gd_step(previous["residual"], previous["norm"], previous["per_unit"],
-                                                self.eta, phi)
-            self.factor *= theory.imbalance_factor_step(previous["residual"], self.eta)
+            eps, lam, per_unit = theory.gd_step(previous["residual"], previous["norm"], previous["per_unit"], eta, phi)
+            self.factor *= theory.imbalance_factor_step(previous["residual"], eta)
             values.update(
                 pred_residual=eps, pred_norm=lam, pred_imbalance=float(per_unit.sum()),
                 pred_error_residual=abs(eps - current["residual"]),
@@ -75,6 +86,4 @@ class TheoryMonitor(L.Callback):
             )
         values["imbalance_factor"] = self.factor
         self._previous = current
-        self.last = values
-        log_values(trainer, {f"theory/{name}": float(value) for name, value in values.items()},
-                   log_step(trainer, pl_module))
+        self._values = values

@@ -1,4 +1,4 @@
-"""`shallownet compare [CONFIG] [key=value ...]`: GD for each step size and gradient flow, one run folder."""
+"""`shallownet compare [CONFIG] [key=value ...]`: several processes from one init, one run folder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from shallownet.compare import CompareConfig, validate_compare
 from shallownet.config import load_config
 from shallownet.run_folder import check_output, provenance, start_run, write_json
 
-SUMMARY = "GD (several step sizes) vs gradient flow from one init, with theory's limits (configs/compare.yaml)"
+SUMMARY = "several processes (GD step sizes, momentum, Adam, gradient flow, ...) from one init, with theory's limits"
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
@@ -20,14 +20,15 @@ def execute(cfg, report=None) -> int:
     check_output(cfg.output)
     from shallownet import interrupt
     from shallownet.cli import exit_status
-    from shallownet.compare import compare, format_table, run_config, sub_runs
+    from shallownet.compare import compare, format_table, run_config
     from shallownet.training import build, quiet_lightning
 
     quiet_lightning()
-    build(run_config(cfg, sub_runs(cfg)[0]))  # reads the data and builds the model: errors before the folder
+    # every sub-run's data, model, process and monitors, built (and refused) before the folder exists
+    pieces = [build(run_config(cfg, entry)) for entry in cfg.processes]
     interrupt.install()
     run_dir = start_run(cfg)
-    result = compare(cfg, run_dir)
+    result = compare(cfg, run_dir, pieces)
     status = "interrupted" if any(row["outcome"] == "interrupted" for row in result["rows"]) else "done"
     result.update(status=status, provenance=provenance())
     print(format_table(result))

@@ -1,5 +1,5 @@
-"""`shallownet eos [CONFIG] [key=value ...]`: full-batch GD at several step sizes on a real net, the
-sharpness against 2/eta (edge of stability), and GD against gradient flow when gf.enabled=true."""
+"""`shallownet eos [CONFIG] [key=value ...]`: full-batch training at the edge of stability on a real net: the
+governing sharpness of each process against its stability threshold, for several processes from one init."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from shallownet.cli.compare import execute
 from shallownet.config import load_config
 from shallownet.eos import EosConfig
 
-SUMMARY = "edge of stability on a real net: sharpness vs 2/eta for several step sizes (configs/eos.yaml)"
+SUMMARY = "edge of stability on a real net: sharpness vs each process's threshold (configs/eos.yaml)"
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
@@ -15,22 +15,24 @@ def run(config_path: str | None, overrides: list[str]) -> int:
 
 
 def report(cfg, run_dir, result: dict) -> None:
-    """How close to 2/eta each GD run's sharpness hovers, and eos.png."""
-    from shallownet.compare import run_name
-    from shallownet.eos import NEAR, eos_figure, gd_steps, hovering
+    """How close to its threshold each process's governing sharpness hovers, and eos.png."""
+    from shallownet.eos import NEAR, eos_figure, hovering
     from shallownet.events import read_metrics
     from shallownet.plots import save_figure
 
+    unit = result["time_unit"]
     for row in result["rows"]:
-        if row["eta"] is None:
-            continue
-        steps, sharpness = read_metrics(run_dir / run_name(row["eta"]))["curvature/sharpness"]
-        hover = row["hovering"] = hovering(gd_steps(steps, row["eta"], result["time_unit"]), sharpness, row["eta"])
+        metrics = read_metrics(run_dir / row["run"])
+        if "curvature/sharpness_over_threshold" not in metrics:
+            continue  # a process without a threshold (gradient flow), or the sharpness monitor off
+        x, ratio = metrics["curvature/sharpness_over_threshold"]
+        hover = row["hovering"] = hovering(x * unit, ratio)
         if hover["reached_at"] is not None:
-            print(f"{row['run']}: S reached {NEAR:g} x 2/eta at step {hover['reached_at']}; since then eta*S/2 = "
-                  f"{hover['median']:.3f} (median; range {hover['min']:.3f} - {hover['max']:.3f})")
+            print(f"{row['run']}: the sharpness reached {NEAR:g} x its threshold at t = {hover['reached_at']:.4g}; "
+                  f"since then sharpness / threshold = {hover['median']:.3f} (median; range {hover['min']:.3f} - "
+                  f"{hover['max']:.3f})")
         else:
-            print(f"{row['run']}: S stayed below 2/eta (at most {hover['max_before']:.3f} of it)")
-    save_figure(eos_figure(run_dir, list(cfg.gd.lrs), result["time_unit"]), run_dir / "eos.png", dpi=120)
+            print(f"{row['run']}: the sharpness stayed below its threshold (at most {hover['max_before']:.3f} of it)")
+    save_figure(eos_figure(run_dir, result), run_dir / "eos.png", dpi=120)
     result["figure"] = "eos.png"
     print(f"figure: {run_dir / 'eos.png'}")

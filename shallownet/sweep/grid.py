@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Optional  # noqa: UP035 (omegaconf reads typing.Optional only)
 
 import numpy as np
 from omegaconf import DictConfig
 
-from shallownet.config import ConfigError, require, require_device, require_memory
+from shallownet.checks import ConfigError, require, require_device, require_memory
 from shallownet.stop import StopRule
 from shallownet.sweep.chain import CHAIN_BACKENDS, CHAIN_INIT_SCHEMES, chain_bytes_per_run, chain_grid
 from shallownet.sweep.engine import BACKENDS, StepScaleGrid, bytes_per_run
+from shallownet.sweep.momentum import BYTES_PER_RUN as MOMENTUM_BYTES_PER_RUN
+from shallownet.sweep.momentum import MOMENTUM_BACKENDS
 
 SPACINGS = ("log", "linear")
+SWEEP_METHODS = ("gd", "momentum", "nesterov")  # the processes with an exact few-numbers-per-run recursion
+DEFAULT_MOMENTUM = 0.9
 SWEEP_INIT_SCHEMES = ("imbalanced", "gaussian")
 MAX_CHAIN_DEPTH = 64  # the chain kernel keeps a run's weights in registers
 TORCH_CPU_CHUNK = 65536  # the torch backends on a CPU advance ~1e7 config-steps/s: progress every few s
@@ -32,8 +37,8 @@ class AxisConfig:
 
 
 @dataclass
-class GridConfig:  # the paper's Figure 3: eta = 1/phi sits inside the range; lam(0) = 2 s^2 from 0.02 to 18
-    eta: AxisConfig = field(default_factory=lambda: AxisConfig(start=0.01, stop=2.0))
+class GridConfig:  # the paper's Figure 3: lr = 1/phi sits inside the range; lam(0) = 2 s^2 from 0.02 to 18
+    lr: AxisConfig = field(default_factory=lambda: AxisConfig(start=0.01, stop=2.0))
     scale: AxisConfig = field(default_factory=lambda: AxisConfig(start=0.1, stop=3.0))
 
 
@@ -47,7 +52,15 @@ class SweepInitConfig:
 
 
 @dataclass
-class StopConfig:
+class SweepOptimConfig:
+    """The process of every run: its step size is the grid's lr axis, so only the method and its other keys."""
+
+    method: str = "gd"  # gd | momentum | nesterov (torch.optim.SGD from zero velocity; depth 2 only)
+    momentum: Optional[float] = None  # noqa: UP045  beta of momentum / nesterov (null: 0.9); null for gd
+
+
+@dataclass
+class SweepTrainConfig:
     max_steps: int = 20000
     tol: float = 1.0e-8
     divergence_norm: float = 1.0e12
@@ -74,15 +87,18 @@ class SweepConfig:  # configs/sweep.yaml shows these defaults
     phi: float = 1.0
     grid: GridConfig = field(default_factory=GridConfig)
     init: SweepInitConfig = field(default_factory=SweepInitConfig)
-    stop: StopConfig = field(default_factory=StopConfig)
+    optim: SweepOptimConfig = field(default_factory=SweepOptimConfig)
+    train: SweepTrainConfig = field(default_factory=SweepTrainConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     output: SweepOutputConfig = field(default_factory=SweepOutputConfig)
+
+    renamed = {"grid.eta": "grid.lr", "stop": "train (train.max_steps, train.tol, train.divergence_norm)"}
 
 
 def validate(cfg: DictConfig) -> None:
     """Range checks (types were checked on load), including that the results fit in memory."""
     require(cfg.phi > 0, "phi", "> 0 (the theory lines and regimes assume a positive target)", cfg.phi)
-    for name in ("eta", "scale"):
+    for name in ("lr", "scale"):
         axis, key = cfg.grid[name], f"grid.{name}"
         require(axis.num >= 1, f"{key}.num", "an integer >= 1 (an empty grid has nothing to run)", axis.num)
         require(axis.spacing in SPACINGS, f"{key}.spacing", f"one of {', '.join(SPACINGS)}", axis.spacing)
@@ -102,13 +118,22 @@ def validate(cfg: DictConfig) -> None:
     require(init.depth <= MAX_CHAIN_DEPTH, "init.depth", f"at most {MAX_CHAIN_DEPTH}", init.depth)
     require_memory(cfg.grid.scale.num * init.width * 8 * 4, f"init.width={init.width} (the initial points)",
                    "init.width")
-    stop = cfg.stop
-    require(stop.max_steps >= 1, "stop.max_steps", "an integer >= 1", stop.max_steps)
-    require(stop.tol > 0, "stop.tol", "> 0", stop.tol)
-    require(stop.divergence_norm > 0, "stop.divergence_norm", "> 0", stop.divergence_norm)
+    t = cfg.train
+    require(t.max_steps >= 1, "train.max_steps", "an integer >= 1", t.max_steps)
+    require(t.tol > 0, "train.tol", "> 0", t.tol)
+    require(t.divergence_norm > 0, "train.divergence_norm", "> 0", t.divergence_norm)
+    o = cfg.optim
+    require(o.method in SWEEP_METHODS, "optim.method", f"one of {', '.join(SWEEP_METHODS)} (the processes the sweep "
+            "engine runs exactly; other processes: shallownet compare)", o.method)
+    if o.method == "gd":
+        require(o.momentum is None, "optim.momentum", "null for optim.method=gd", o.momentum)
+    else:
+        require(init.depth == 2, "optim.method", "gd at init.depth > 2 (the chain engine has no momentum)", o.method)
+        require(o.momentum is None or 0 <= o.momentum < 1, "optim.momentum", "in [0, 1) or null", o.momentum)
+        backends = MOMENTUM_BACKENDS
     eng = cfg.engine
-    require(eng.backend in backends, "engine.backend", f"one of {', '.join(backends)} at init.depth={init.depth}",
-            eng.backend)
+    where = f"optim.method={o.method}" if o.method != "gd" else f"init.depth={init.depth}"
+    require(eng.backend in backends, "engine.backend", f"one of {', '.join(backends)} at {where}", eng.backend)
     require_device(eng.device, "engine.device")
     require(eng.backend != "numba" or eng.device == "cpu", "engine.device",
             "cpu for engine.backend=numba (use engine.backend=torch or cuda on a GPU)", eng.device)
@@ -128,21 +153,32 @@ def axis_values(axis: DictConfig) -> np.ndarray:
 
 
 def n_runs(cfg: DictConfig) -> int:
-    return cfg.grid.eta.num * cfg.grid.scale.num
+    return cfg.grid.lr.num * cfg.grid.scale.num
+
+
+def momentum(cfg: DictConfig) -> float:
+    """beta of the sweep's process: 0 for GD."""
+    if cfg.optim.method == "gd":
+        return 0.0
+    return DEFAULT_MOMENTUM if cfg.optim.momentum is None else cfg.optim.momentum
 
 
 def chunk_size(cfg: DictConfig) -> int:
     """Runs per chunk: engine.chunk_size, lowered to fit engine.memory_mb next to the results grid."""
     budget = cfg.engine.memory_mb * 2**20
     results = n_runs(cfg) * RESULT_BYTES_PER_RUN
-    per_run = (bytes_per_run(cfg.engine.backend, cfg.init.width) if cfg.init.depth == 2
-               else chain_bytes_per_run(cfg.engine.backend, cfg.init.depth))
+    if cfg.optim.method != "gd":
+        per_run = MOMENTUM_BYTES_PER_RUN[cfg.engine.backend]
+    elif cfg.init.depth == 2:
+        per_run = bytes_per_run(cfg.engine.backend, cfg.init.width)
+    else:
+        per_run = chain_bytes_per_run(cfg.engine.backend, cfg.init.depth)
     fits = int((budget - results) // per_run)
     if fits < 1:
         raise ConfigError(
-            f"the grid of {cfg.grid.eta.num} x {cfg.grid.scale.num} runs needs {results / 2**20:.0f} MB for its "
+            f"the grid of {cfg.grid.lr.num} x {cfg.grid.scale.num} runs needs {results / 2**20:.0f} MB for its "
             f"results plus {per_run} bytes per run being simulated, more than engine.memory_mb="
-            f"{cfg.engine.memory_mb:g}; shrink grid.eta.num / grid.scale.num or raise engine.memory_mb")
+            f"{cfg.engine.memory_mb:g}; shrink grid.lr.num / grid.scale.num or raise engine.memory_mb")
     chunk = min(cfg.engine.chunk_size, fits)
     if cfg.engine.backend != "numba" and cfg.engine.device == "cpu":
         chunk = min(chunk, TORCH_CPU_CHUNK)  # torch on the CPU: keep the progress bar moving
@@ -151,7 +187,8 @@ def chunk_size(cfg: DictConfig) -> int:
 
 @dataclass(frozen=True)
 class Grid(StepScaleGrid):
-    """The runs of a sweep: run (i, j) has step eta[i] and starts from (a0[j], b0[j]) of scale[j].
+    """The runs of a sweep: run (i, j) has step eta[i] and starts from (a0[j], b0[j]) of scale[j], by GD, or by
+    heavy-ball momentum beta (Nesterov's where nesterov) from zero velocity.
 
     Runs are numbered row-major, flat index i * len(scale) + j.
     """
@@ -162,6 +199,8 @@ class Grid(StepScaleGrid):
     a0: np.ndarray  # [n_scale, width]
     b0: np.ndarray  # [n_scale, width]
     rule: StopRule
+    beta: float = 0.0
+    nesterov: bool = False
 
 
 def build_grid(cfg: DictConfig):
@@ -172,11 +211,11 @@ def build_grid(cfg: DictConfig):
     scale = axis_values(cfg.grid.scale)
     init = cfg.init
     if init.depth > 2:
-        rule = StopRule(cfg.stop.tol, cfg.stop.divergence_norm, cfg.stop.max_steps)
-        return chain_grid(axis_values(cfg.grid.eta), scale, init.depth, cfg.phi, rule, init.scheme, init.imbalance,
+        rule = StopRule(cfg.train.tol, cfg.train.divergence_norm, cfg.train.max_steps)
+        return chain_grid(axis_values(cfg.grid.lr), scale, init.depth, cfg.phi, rule, init.scheme, init.imbalance,
                           init.seed)
     points = [initial_vectors(init.width, init.scheme, float(s), init.seed, init.imbalance) for s in scale]
     a0 = np.stack([a.numpy() for a, _ in points])
     b0 = np.stack([b.numpy() for _, b in points])
-    rule = StopRule(cfg.stop.tol, cfg.stop.divergence_norm, cfg.stop.max_steps)
-    return Grid(cfg.phi, axis_values(cfg.grid.eta), scale, a0, b0, rule)
+    rule = StopRule(cfg.train.tol, cfg.train.divergence_norm, cfg.train.max_steps)
+    return Grid(cfg.phi, axis_values(cfg.grid.lr), scale, a0, b0, rule, momentum(cfg), cfg.optim.method == "nesterov")

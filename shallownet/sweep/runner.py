@@ -18,6 +18,7 @@ from shallownet.sweep.chain_figures import chain_figures
 from shallownet.sweep.engine import OUTCOMES, Runs, simulate
 from shallownet.sweep.figures import figure3, sharpness_panel
 from shallownet.sweep.grid import Grid, build_grid, chunk_size
+from shallownet.sweep.momentum import simulate_momentum
 from shallownet.sweep.results import records, save_npz, summarise
 
 
@@ -29,6 +30,9 @@ def compute(cfg: DictConfig, grid: Grid, flat: np.ndarray | None = None, device:
     with tqdm(total=eta.size, unit="run", desc=desc, disable=not progress, smoothing=0.1) as bar:
         if isinstance(grid, ChainGrid):
             return simulate_chain(eta, grid.w0, grid.phi, grid.rule, index, progress=bar.update, **options)
+        if cfg.optim.method != "gd":
+            return simulate_momentum(eta, grid.beta, index, grid.a0, grid.b0, grid.phi, grid.rule,
+                                     nesterov=grid.nesterov, progress=bar.update, **options)
         return simulate(eta, index, grid.a0, grid.b0, grid.phi, grid.rule, progress=bar.update, **options)
 
 
@@ -41,10 +45,15 @@ def run_sweep(cfg: DictConfig) -> int:
         if rank == 0:
             run_dir = start_run(cfg)
         flat = distributed.share(grid.size, rank, world)
-        if cfg.engine.backend == "numba" and cfg.init.depth == 2:
-            from shallownet.sweep.kernel import load_kernel
+        if cfg.engine.backend == "numba" and cfg.init.depth == 2:  # JIT compile or cache load (~0.3 s) outside
+            if cfg.optim.method == "gd":                            # the timed simulation
+                from shallownet.sweep.kernel import load_kernel
 
-            load_kernel()  # JIT compile or cache load (~0.3 s) outside the timed simulation
+                load_kernel()
+            else:
+                from shallownet.sweep.momentum_kernel import load_kernel
+
+                load_kernel(nesterov=cfg.optim.method == "nesterov")
         simulating = time.perf_counter()
         desc = "sweep" if world == 1 else f"sweep, rank 0's share of {grid.size} runs on {world} processes"
         runs = compute(cfg, grid, flat, device, progress=cfg.output.progress and rank == 0, desc=desc)
@@ -87,6 +96,7 @@ def write_outputs(run_dir: Path, cfg: DictConfig, grid: Grid, runs: Runs, timing
         writer.close()
     summary = {
         "status": "done",
+        "process": {"method": cfg.optim.method, "momentum": getattr(grid, "beta", 0.0)},
         "outcome_codes": dict(enumerate(OUTCOMES)),
         **described,
         "files": {"grid": "grid.npz", "figures": [f"{name}.png" for name in figures]},

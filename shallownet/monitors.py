@@ -1,0 +1,76 @@
+"""The built-in monitors, each with its config section `monitor.<name>` (extensions register theirs the same way).
+
+A monitor's builder takes the whole run config and its own section and returns the callback, or None
+when the section turns it off (every_n_steps = 0). Builders import Lightning only when a run is built.
+"""
+
+from dataclasses import dataclass
+
+from shallownet.checks import require
+from shallownet.registry import register_monitor
+
+
+def require_cadence(section, key: str, off_allowed: bool = True) -> None:
+    """every_n_steps: an integer >= 1, or 0 (off) where the monitor can be off."""
+    lowest = 0 if off_allowed else 1
+    meaning = "an integer >= 0 (0: off)" if off_allowed else "an integer >= 1"
+    require(section.every_n_steps >= lowest, f"{key}.every_n_steps", meaning, section.every_n_steps)
+
+
+@dataclass
+class DynamicsConfig:
+    every_n_steps: int = 1  # dynamics/* and process/* tags; the run summary's init / final values
+
+    @staticmethod
+    def validate(section, key: str) -> None:
+        require_cadence(section, key, off_allowed=False)
+
+
+@dataclass
+class SharpnessConfig:
+    every_n_steps: int = 10  # curvature/* tags; 0: off
+    tol: float = 1.0e-10  # relative residual |Hv - Sv| / |S| of the eigen-solver
+    max_iter: int = 1000
+    top_k: int = 1
+
+    @staticmethod
+    def validate(section, key: str) -> None:
+        require_cadence(section, key)
+        require(section.tol > 0, f"{key}.tol", "> 0", section.tol)
+        require(section.max_iter >= 1, f"{key}.max_iter", "an integer >= 1", section.max_iter)
+        require(section.top_k >= 1, f"{key}.top_k", "an integer >= 1", section.top_k)
+
+
+@dataclass
+class TheoryConfig:
+    every_n_steps: int = 0  # theory/* tags: the shallow net's exact one-step predictions under GD; 0: off
+
+    @staticmethod
+    def validate(section, key: str) -> None:
+        require_cadence(section, key)
+
+
+@register_monitor("dynamics", DynamicsConfig)
+def build_dynamics(cfg, section):
+    from shallownet.callbacks.dynamics import DynamicsMonitor
+
+    return DynamicsMonitor(section.every_n_steps)
+
+
+@register_monitor("sharpness", SharpnessConfig)
+def build_sharpness(cfg, section):
+    if not section.every_n_steps:
+        return None
+    from shallownet.callbacks.sharpness import SharpnessMonitor
+
+    return SharpnessMonitor(every_n_steps=section.every_n_steps, tol=section.tol, max_iter=section.max_iter,
+                            top_k=section.top_k, chunk_size=cfg.train.chunk_size)
+
+
+@register_monitor("theory", TheoryConfig)
+def build_theory(cfg, section):
+    if not section.every_n_steps:
+        return None
+    from shallownet.callbacks.theory import TheoryMonitor
+
+    return TheoryMonitor(section.every_n_steps)
