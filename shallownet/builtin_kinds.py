@@ -6,7 +6,7 @@ from typing import List, Optional  # noqa: UP035 (omegaconf reads typing.List / 
 from shallownet.checks import require, require_memory
 from shallownet.registry import FullBatchData, register_data, register_model
 
-INIT_SCHEMES = ("gaussian", "explicit", "imbalanced")  # shallownet.model.initial_vectors' (a test keeps them equal)
+INIT_SCHEMES = ("gaussian", "explicit", "imbalanced")  # what shallownet.model.initial_vectors draws
 
 
 @dataclass

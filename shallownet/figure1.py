@@ -2,22 +2,26 @@
 
 Gradient flow moves along its hyperbola a^2 - b^2 = Q(0) to the curve of minima ab = phi; GD's discrete
 steps cut across the hyperbolas, shrinking a^2 - b^2 by the factor P, and end at a flatter minimum
-(closer to the balanced ones a = b = +-sqrt(phi)). The paths are computed with the package's own
-optimizers (GradientDescent, DormandPrince) on the ScalarLinearNet.
+(closer to the balanced ones a = b = +-sqrt(phi)). The paths are those of any registered processes (the
+config's `processes`, as in compare: GD at several step sizes and gradient flow by default, momentum or Adam
+as well), each run by its own optimizer on the ScalarLinearNet.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List  # noqa: UP035 (omegaconf reads typing.List only)
+from typing import Any, List  # noqa: UP035 (omegaconf reads typing.List only)
 
 import numpy as np
 from omegaconf import DictConfig
 
-from shallownet import theory
-from shallownet.config import require
+from shallownet import registry, theory
+from shallownet.compare import process_label
+from shallownet.config import kind_list, require, validate_process
+from shallownet.processes.base import Process
 from shallownet.stop import CONVERGED, StopRule
 
 DIVERGENCE_NORM = 1e12  # as train.divergence_norm: |a|^2 + |b|^2 beyond this is divergence
@@ -34,15 +38,27 @@ class FigureOutput:
 
 
 @dataclass
+class FigureTrainConfig:
+    max_steps: int = 500  # steps per discrete path (each path is kept and drawn point by point)
+    tol: float = 1.0e-10  # a path ends when |ab - phi| <= tol
+
+
+PROCESSES_HINT = "processes, a list like [{method: gd, lr: 0.1}, {method: flow, max_step: 0.02}]"
+
+
+@dataclass
 class Figure1Config:
     phi: float = 1.0
     inits: List[List[float]] = field(default_factory=lambda: [[1.9, -0.4], [0.3, -1.6]])  # noqa: UP006
-    lrs: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.45])  # noqa: UP006
-    max_steps: int = 500
-    tol: float = 1.0e-10
-    flow_max_step: float = 0.02  # cap on the GF step: the drawn GF path is the integrator's own points
+    processes: List[Any] = kind_list("process", key="method", default=[  # noqa: UP006
+        {"method": "gd", "lr": 0.1}, {"method": "gd", "lr": 0.3}, {"method": "gd", "lr": 0.45},
+        {"method": "flow", "max_step": 0.02}])  # the flow's cap makes its drawn path (its own points) smooth
+    train: FigureTrainConfig = field(default_factory=FigureTrainConfig)
     extent: float = 2.2  # the plot shows [-extent, extent]^2: both branches of ab = phi
     output: FigureOutput = field(default_factory=FigureOutput)
+
+    renamed = {"lrs": PROCESSES_HINT, "max_steps": "train.max_steps", "tol": "train.tol",
+               "flow_max_step": f"the max_step of the flow entry of {PROCESSES_HINT}"}
 
 
 def validate_figure1(cfg: DictConfig) -> None:
@@ -51,25 +67,28 @@ def validate_figure1(cfg: DictConfig) -> None:
     for i, pair in enumerate(cfg.inits):
         require(len(pair) == 2 and (pair[0] + pair[1]) != 0, f"inits[{i}]",
                 "a pair [a0, b0] with a0 != -b0 (a0 = -b0 flows into the saddle at 0)", list(pair))
-    require(len(cfg.lrs) >= 1, "lrs", "a non-empty list of GD step sizes > 0", list(cfg.lrs))
-    for i, lr in enumerate(cfg.lrs):
-        require(lr > 0, f"lrs[{i}]", "> 0", lr)
-    require(1 <= cfg.max_steps <= MAX_FLOW_STEPS, "max_steps",
-            f"an integer from 1 to {MAX_FLOW_STEPS} (each GD path is kept and drawn point by point)", cfg.max_steps)
-    for key in ("tol", "flow_max_step", "extent"):
-        require(cfg[key] > 0, key, "> 0", cfg[key])
-    require(FLOW_MAX_TIME / cfg.flow_max_step <= MAX_FLOW_STEPS, "flow_max_step",
-            f">= {FLOW_MAX_TIME / MAX_FLOW_STEPS:g} (the flow path would need more than {MAX_FLOW_STEPS} points)",
-            cfg.flow_max_step)
-
+    for i, entry in enumerate(cfg.processes):
+        validate_process(entry, f"processes[{i}]")
+        if entry.method == "flow":
+            require(entry.max_step is not None and FLOW_MAX_TIME / entry.max_step <= MAX_FLOW_STEPS,
+                    f"processes[{i}].max_step", f"a cap >= {FLOW_MAX_TIME / MAX_FLOW_STEPS:g} on the flow's step "
+                    f"(its path is drawn from its own points, at most {MAX_FLOW_STEPS})", entry.max_step)
+    labels = [process_label(entry) for entry in cfg.processes]
+    require(len(set(labels)) == len(labels), "processes", "a non-empty list of distinct processes", labels)
+    require(1 <= cfg.train.max_steps <= MAX_FLOW_STEPS, "train.max_steps",
+            f"an integer from 1 to {MAX_FLOW_STEPS} (each path is kept and drawn point by point)",
+            cfg.train.max_steps)
+    for key in ("train.tol", "extent"):
+        value = cfg.train.tol if key == "train.tol" else cfg.extent
+        require(value > 0, key, "> 0", value)
 
 
 # --- paths -------------------------------------------------------------------------------------------
 
 
-def _trajectory(a0: float, b0: float, phi: float, make_optimizer, rule: StopRule,
-                clock=lambda optimizer: 0.0) -> tuple[np.ndarray, str]:
-    """(a, b) after each optimizer step from (a0, b0), and the outcome by the runs' one StopRule."""
+def process_path(a0: float, b0: float, phi: float, process: Process, rule: StopRule) -> tuple[np.ndarray, str]:
+    """(a, b) after each step of the process from (a0, b0), and the outcome by the runs' one StopRule (the
+    process time is the flow's clock: a flow ends by FLOW_MAX_TIME at the latest)."""
     import torch
 
     from shallownet.data import regression_points
@@ -78,7 +97,7 @@ def _trajectory(a0: float, b0: float, phi: float, make_optimizer, rule: StopRule
 
     net = ScalarLinearNet(torch.tensor([a0], dtype=torch.float64), torch.tensor([b0], dtype=torch.float64))
     x, y = regression_points(1, phi, 0.0, 0)
-    optimizer = make_optimizer(net.parameters())
+    optimizer = process.make_optimizer(net.parameters(), max_time=FLOW_MAX_TIME)
 
     def closure():
         optimizer.zero_grad()
@@ -89,41 +108,57 @@ def _trajectory(a0: float, b0: float, phi: float, make_optimizer, rule: StopRule
     points = [(a0, b0)]
     while True:
         a, b = points[-1]
-        outcome = rule.judge(a * b - phi, a * a + b * b, len(points) - 1, clock(optimizer))
+        steps = len(points) - 1
+        outcome = rule.judge(a * b - phi, a * a + b * b, steps, process.time(steps))
         if outcome is not None:
             return np.array(points), outcome
-        optimizer.step(closure)
+        if process.integrates:
+            optimizer.step(closure)
+        else:
+            closure()
+            optimizer.step()
         points.append((float(net.a.detach()), float(net.b.detach())))
 
 
-def gd_path(a0: float, b0: float, eta: float, phi: float, max_steps: int, tol: float) -> tuple[np.ndarray, str]:
-    from shallownet.optim import GradientDescent
-
-    return _trajectory(a0, b0, phi, lambda params: GradientDescent(params, lr=eta),
-                       StopRule(tol, DIVERGENCE_NORM, max_steps))
-
-
-def gf_path(a0: float, b0: float, phi: float, max_step: float, tol: float,
-            max_time: float = FLOW_MAX_TIME) -> tuple[np.ndarray, str]:
-    from shallownet.flow import DormandPrince
-
-    return _trajectory(a0, b0, phi, lambda params: DormandPrince(params, max_step=max_step),
-                       StopRule(tol, DIVERGENCE_NORM, MAX_FLOW_STEPS, max_time), clock=lambda flow: flow.t)
+def stop_rule(cfg: DictConfig, process: Process) -> StopRule:
+    """A discrete path stops after train.max_steps; a flow's after FLOW_MAX_TIME of flow time."""
+    if process.integrates:
+        return StopRule(cfg.train.tol, DIVERGENCE_NORM, MAX_FLOW_STEPS, FLOW_MAX_TIME)
+    return StopRule(cfg.train.tol, DIVERGENCE_NORM, cfg.train.max_steps)
 
 
 # --- drawing -----------------------------------------------------------------------------------------
 
 
 def compute_paths(cfg: DictConfig) -> list[dict]:
-    """One record per (init, run): the path and its outcome, GF first, then GD for each step size."""
+    """One record per (init, process): the path and its outcome, in the order of cfg.processes."""
     records = []
     for a0, b0 in cfg.inits:
-        path, outcome = gf_path(a0, b0, cfg.phi, cfg.flow_max_step, cfg.tol)
-        records.append({"init": (a0, b0), "eta": None, "path": path, "outcome": outcome})
-        for eta in cfg.lrs:
-            path, outcome = gd_path(a0, b0, eta, cfg.phi, cfg.max_steps, cfg.tol)
-            records.append({"init": (a0, b0), "eta": eta, "path": path, "outcome": outcome})
+        for entry in cfg.processes:
+            process = registry.process_kind(entry.method).build(entry)
+            path, outcome = process_path(a0, b0, cfg.phi, process, stop_rule(cfg, process))
+            records.append({"init": (a0, b0), "process": process_label(entry), "flow": process.integrates,
+                            "path": path, "outcome": outcome})
     return records
+
+
+def what_was_run(records: list[dict]) -> str:
+    """'GD at eta = 0.1, 0.3, 0.45 and gradient flow' (or the processes' labels) for the title."""
+    names = list(dict.fromkeys(r["process"] for r in records if not r["flow"]))
+    gd = [name[len("gd_lr="):] for name in names if legend_label(name).startswith("GD")]
+    parts = ([f"GD at \u03b7 = {', '.join(gd)}"] if gd else []) + [legend_label(n) for n in names
+                                                                    if not legend_label(n).startswith("GD")]
+    if any(r["flow"] for r in records):
+        parts.append("gradient flow")
+    return " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
+
+
+def legend_label(label: str) -> str:
+    """gd_lr=0.3 -> GD eta = 0.3; momentum_lr=0.1_momentum=0.5 -> momentum lr=0.1, momentum=0.5."""
+    method, _, rest = label.partition("_")
+    if method == "gd" and rest.startswith("lr=") and "_" not in rest:
+        return f"GD \u03b7 = {rest[3:]}"
+    return f"{method} {rest.replace('_', ', ')}".strip()
 
 
 def draw(cfg: DictConfig, records: list[dict]):
@@ -146,16 +181,17 @@ def draw(cfg: DictConfig, records: list[dict]):
     for sign in (1, -1):  # both branches of the minima curve ab = phi
         branch = sign * np.linspace(phi / ext, ext, 400)
         ax.plot(branch, phi / branch, color="k", lw=2.2, zorder=2, label="minima ab = \u03a6" if sign > 0 else None)
-    colors = dict(zip(cfg.lrs, plt.get_cmap("plasma")(np.linspace(0.1, 0.8, len(cfg.lrs))), strict=True))
+    discrete = list(dict.fromkeys(r["process"] for r in records if not r["flow"]))
+    colors = dict(zip(discrete, plt.get_cmap("plasma")(np.linspace(0.1, 0.8, len(discrete))), strict=True))
     labelled = set()
     for record in records:
-        (a0, b0), eta, path = record["init"], record["eta"], record["path"]
-        label = None if eta in labelled else "gradient flow" if eta is None else f"GD \u03b7 = {eta:g}"
-        failures = sorted({r["outcome"] for r in records if r["eta"] == eta} - {CONVERGED})
+        (a0, b0), name, path = record["init"], record["process"], record["path"]
+        label = None if name in labelled else "gradient flow" if record["flow"] else legend_label(name)
+        failures = sorted({r["outcome"] for r in records if r["process"] == name} - {CONVERGED})
         if label is not None and failures:  # say so in the legend: such a path has no limit marker
             label += f" ({', '.join(failures)})"
-        labelled.add(eta)
-        if eta is None:
+        labelled.add(name)
+        if record["flow"]:
             ax.plot(*_hyperbola_branch(a0, b0, grid), color="tab:green", lw=0.8, ls=":", zorder=1)
             ax.plot(path[:, 0], path[:, 1], color="tab:green", lw=1.4, alpha=0.8, zorder=3,
                     label=None if label is None else label + " (on its hyperbola, dotted)")
@@ -164,14 +200,14 @@ def draw(cfg: DictConfig, records: list[dict]):
             ax.plot(a0, b0, marker="o", ms=9, color="w", mec="k", mew=1.5, zorder=7)
             continue
         shown = path[np.abs(path).max(axis=1) < 10 * ext]  # a diverging path leaves the frame: stop there
-        ax.plot(shown[:, 0], shown[:, 1], color=colors[eta], lw=1.1, marker="o", ms=3.0, zorder=4, label=label)
+        ax.plot(shown[:, 0], shown[:, 1], color=colors[name], lw=1.1, marker="o", ms=3.0, zorder=4, label=label)
         if record["outcome"] == CONVERGED:
-            ax.plot(*path[-1], marker="D", ms=5, color=colors[eta], mec="k", zorder=6)
+            ax.plot(*path[-1], marker="D", ms=5, color=colors[name], mec="k", zorder=6)
     ax.plot([], [], ls="none", marker="*", ms=10, color="tab:green", mec="k",
-            label="limits: GF \u2605 (closed form), GD \u25c6; start \u25cb")
+            label="limits: GF \u2605 (closed form), discrete paths \u25c6 (last point); start \u25cb")
     ax.set(xlim=(-ext, ext), ylim=(-ext, ext), aspect="equal", xlabel="a", ylabel="b",
-           title=f"GD vs gradient flow, d = 1, loss \u00bd(ab \u2212 \u03a6)\u00b2, \u03a6 = {phi:g}\n"
-                 "GF stays on its hyperbola; GD cuts across to flatter minima")
+           title=textwrap.fill(f"{what_was_run(records)} from {len(cfg.inits)} starts", 64) + "\n"
+                 f"d = 1, loss \u00bd(ab \u2212 \u03a6)\u00b2, \u03a6 = {phi:g}, at most {cfg.train.max_steps} steps")
     ax.legend(loc="upper left", fontsize=8, framealpha=0.95)
     fig.tight_layout()
     return fig
@@ -191,7 +227,7 @@ def summarize(records: list[dict]) -> list[dict]:
     for record in records:
         (a0, b0), (a, b) = record["init"], record["path"][-1]
         with np.errstate(all="ignore"):  # a diverged end point is inf/nan: written as null
-            rows.append({"init": [a0, b0], "eta": record["eta"], "outcome": record["outcome"],
+            rows.append({"init": [a0, b0], "process": record["process"], "outcome": record["outcome"],
                          "steps": len(record["path"]) - 1, "end": [float(a), float(b)],
                          "imbalance_ratio": float((a * a - b * b) / (a0 * a0 - b0 * b0)),
                          "norm": float(a * a + b * b)})

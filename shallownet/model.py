@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from shallownet import quantities
-
-INIT_SCHEMES = ("gaussian", "explicit", "imbalanced")
+from shallownet.builtin_kinds import INIT_SCHEMES
 
 
 class ScalarLinearNet(nn.Module):

@@ -86,9 +86,9 @@ OVERRIDES = [
     *_for(("sweep",), ("init.width.x=1",), "init.width", "int.as.section"),
     *_for(("sweep",), ("init.width={x:1}",), "init.width", "int.as.mapping"),
     *_for(("sweep",), ("output.progress={x:1}",), "output.progress", "bool.as.mapping"),
-    *_for(("figure1",), ("max_steps.x=1",), "max_steps", "int.as.section"),
+    *_for(("figure1",), ("train.max_steps.x=1",), "train.max_steps", "int.as.section"),
     *_for(("figure1",), ("output.name={x:1}",), "output.name", "str.as.mapping"),
-    *_for(("figure1",), ("lrs={x:1}",), "lrs", "list.as.mapping"),
+    *_for(("figure1",), ("processes={x:1}",), "processes", "list.as.mapping"),
     # a section given as a value
     *_for(SINGLE, ("model.init=3",), "model.init", "section.as.value"),
     *_for(SINGLE, ("train=[1]",), "train", "section.as.list"),
@@ -98,12 +98,12 @@ OVERRIDES = [
     *_for(SINGLE, ("model.init.a0=[[1]]",), "model.init.a0", "nested.list"),
     *_for(("compare",), ("processes=[{method: gd, lr: [0.1]}]",), "processes[0].lr", "nested.list"),
     *_for(("compare",), ("processes=[{method: gd, lr: 0.1}, [0.2]]",), "processes[1]", "partly.nested.list"),
-    *_for(("figure1",), ("lrs=[[0.1]]",), "lrs", "nested.list"),
+    *_for(("figure1",), ("processes=[{method: gd, lr: [0.1]}]",), "processes[0].lr", "nested.list"),
     *_for(("figure1",), ("inits=[[[1.0,2.0]]]",), "inits", "too.nested.list"),
     *_for(("figure1",), ("inits=[1.0,2.0]",), "inits", "flat.list.for.pairs"),
     *_for(SINGLE, ("model.width=[3]",), "model.width", "list.as.int"),
     *_for(("sweep",), ("grid.lr.num=[[3]]",), "grid.lr.num", "nested.list.as.int"),
-    *_for(("figure1",), ("max_steps=[[1]]",), "max_steps", "nested.list.as.int"),
+    *_for(("figure1",), ("train.max_steps=[[1]]",), "train.max_steps", "nested.list.as.int"),
     # integers beyond int64
     *_for(SINGLE, (f"model.width={BIG}",), "model.width", "width.int64"),
     *_for(SINGLE, (f"model.init.seed={BIG}",), "model.init.seed", "seed.int64"),
@@ -120,7 +120,7 @@ OVERRIDES = [
     *_for(("sweep",), (f"init.seed={BIG}",), "init.seed", "seed.int64"),
     *_for(("sweep",), (f"train.max_steps={BIG}",), "train.max_steps", "max_steps.int64"),
     *_for(("sweep",), (f"engine.chunk_size={BIG}",), "engine.chunk_size", "chunk_size.int64"),
-    *_for(("figure1",), (f"max_steps={BIG}",), "max_steps", "max_steps.int64"),
+    *_for(("figure1",), (f"train.max_steps={BIG}",), "train.max_steps", "max_steps.int64"),
     # sizes that cannot be allocated (refused before allocating)
     *_for(SINGLE, (f"model.width={HUGE}",), "model.width", "width.unallocatable"),
     *_for(SINGLE, (f"data.n_points={HUGE}",), "data.n_points", "n_points.unallocatable"),
@@ -128,19 +128,21 @@ OVERRIDES = [
     *_for(("sweep",), (f"init.width={HUGE}",), "init.width", "width.unallocatable"),
     *_for(("sweep",), (f"init.width={HUGE}", "engine.backend=batched"), "init.width", "batched.width.unallocatable"),
     # from (1.0, 0.9) GD with eta = 1.05 neither converges nor diverges: every one of the steps is kept
-    *_for(("figure1",), (f"max_steps={HUGE}", "inits=[[1.0,0.9]]", "lrs=[1.05]"), "max_steps",
+    *_for(("figure1",), (f"train.max_steps={HUGE}", "inits=[[1.0,0.9]]", "processes=[{method: gd, lr: 1.05}]"),
+          "train.max_steps",
           "max_steps.unallocatable"),
-    *_for(("figure1",), ("flow_max_step=1e-9",), "flow_max_step", "flow.points.unallocatable"),
+    *_for(("figure1",), ("processes=[{method: flow, max_step: 1e-9}]",), "processes[0].max_step",
+          "flow.points.unallocatable"),
     # dotlist syntax errors
     *_for(SINGLE, ("model.width=[1,2",), "model.width", "unclosed.list"),
     *_for(SINGLE, ("model.width={a:",), "model.width", "unclosed.mapping"),
     *_for(("sweep",), ("init.width=[1,2",), "init.width", "unclosed.list"),
-    *_for(("figure1",), ("lrs=[0.1,",), "lrs", "unclosed.list"),
+    *_for(("figure1",), ("inits=[[0.1,",), "inits", "unclosed.list"),
     *_for(COMMANDS, ("output.name='abc",), "output.name", "unterminated.quote"),
     *_for(COMMANDS, ('output.name="abc',), "output.name", "unterminated.double.quote"),
     *_for(COMMANDS, ("output.name=a]b",), "output.name", "stray.bracket"),
     *_for(SINGLE, ("model.init.a0=" + "[" * DEEP + "1" + "]" * DEEP,), "model.init.a0", "deeply.nested.list"),
-    *_for(("figure1",), ("lrs=" + "[" * DEEP + "]" * DEEP,), "lrs", "deeply.nested.list"),
+    *_for(("figure1",), ("inits=" + "[" * DEEP + "]" * DEEP,), "inits", "deeply.nested.list"),
     *_for(COMMANDS, ("output..name=x",), "output..name", "empty.key.part"),
     *_for(COMMANDS, ("=x",), "=x", "no.key"),
     *_for(COMMANDS, ("output.name",), "output.name", "no.equals"),
@@ -158,7 +160,7 @@ OVERRIDES = [
     *_for(SINGLE, ("model.width=${output.name}",), "model.width", "reference.of.wrong.type"),
     *_for(SINGLE, ("output.name=${model.init.a0}",), "output.name", "reference.to.null"),
     *_for(("sweep",), ("init.width=${output.name}",), "init.width", "reference.of.wrong.type"),
-    *_for(("figure1",), ("max_steps=${output.name}",), "max_steps", "reference.of.wrong.type"),
+    *_for(("figure1",), ("train.max_steps=${output.name}",), "train.max_steps", "reference.of.wrong.type"),
     # output paths
     *_for(COMMANDS, ("output.name=.",), "output.name", "name.dot"),
     *_for(COMMANDS, ("output.name=..",), "output.name", "name.dotdot"),
@@ -203,8 +205,8 @@ OVERRIDES = [
     *_for(("compare",), ("processes=0.1",), "processes", "list.as.scalar"),
     *_for(("sweep",), ("grid.lr.num=3.0",), "grid.lr.num", "int.float"),
     *_for(("sweep",), ("grid.lr.spacing=[log]",), "grid.lr.spacing", "str.list"),
-    *_for(("figure1",), ("max_steps=1.5",), "max_steps", "int.float"),
-    *_for(("figure1",), ("lrs=[0.1,x]",), "lrs", "list.item.word"),
+    *_for(("figure1",), ("train.max_steps=1.5",), "train.max_steps", "int.float"),
+    *_for(("figure1",), ("inits=[[0.1,x]]",), "inits", "list.item.word"),
     # nan / inf
     *_for(SINGLE, ("model.phi=nan",), "model.phi", "nan"),
     *_for(("train",), ("optim.lr=inf",), "optim.lr", "inf"),
@@ -213,7 +215,7 @@ OVERRIDES = [
     *_for(("compare",), ("processes=[{method: gd, lr: 0.1}, {method: gd, lr: nan}]",), "processes[1].lr", "list.nan"),
     *_for(("sweep",), ("phi=inf",), "phi", "inf"),
     *_for(("sweep",), ("grid.lr.stop=nan",), "grid.lr.stop", "nan"),
-    *_for(("figure1",), ("tol=nan",), "tol", "nan"),
+    *_for(("figure1",), ("train.tol=nan",), "train.tol", "nan"),
     *_for(("figure1",), ("extent=-inf",), "extent", "negative.inf"),
     *_for(("figure1",), ("inits=[[1.0,nan]]",), "inits", "pair.nan"),
     # out of range
@@ -240,12 +242,12 @@ OVERRIDES = [
     *_for(("sweep",), ("engine.memory_mb=1e30",), "engine.memory_mb", "memory.beyond.machine"),
     *_for(("sweep",), ("init.width=0",), "init.width", "zero.width"),
     *_for(("sweep",), ("train.max_steps=-1",), "train.max_steps", "negative.steps"),
-    *_for(("figure1",), ("lrs=[0]",), "lrs[0]", "zero.lr"),
-    *_for(("figure1",), ("lrs=[]",), "lrs", "empty.lrs"),
+    *_for(("figure1",), ("processes=[{method: gd, lr: 0}]",), "processes[0].lr", "zero.lr"),
+    *_for(("figure1",), ("processes=[]",), "processes", "empty.processes"),
     *_for(("figure1",), ("inits=[]",), "inits", "empty.inits"),
     *_for(("figure1",), ("inits=[[1.0,-1.0]]",), "inits[0]", "saddle.init"),
     *_for(("figure1",), ("inits=[[1.0]]",), "inits[0]", "short.pair"),
-    *_for(("figure1",), ("max_steps=0",), "max_steps", "zero.steps"),
+    *_for(("figure1",), ("train.max_steps=0",), "train.max_steps", "zero.steps"),
     *_for(("figure1",), ("phi=-1",), "phi", "negative.phi"),
 ]
 
@@ -373,7 +375,7 @@ def test_alias_bomb_is_refused_fast(refused, tmp_path):
 def test_flow_points_beyond_the_cap_are_refused_quickly(refused):
     refused("figure1", "output.name=.", named="output.name")  # imports done before timing
     started = time.perf_counter()
-    line = refused("figure1", "flow_max_step=1e-9", named="flow_max_step")
+    line = refused("figure1", "processes=[{method: flow, max_step: 1e-9}]", named="processes[0].max_step")
     assert time.perf_counter() - started < 5
     assert "1e-09" in line or "1e-9" in line
 

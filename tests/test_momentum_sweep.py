@@ -353,3 +353,36 @@ def test_no_minimum_is_stable_beyond_the_momentum_threshold(nesterov, beta):
     below = simulate_momentum(np.full(30, 0.97 * threshold), beta, np.arange(30), a0, b0, PHI, rule,
                               nesterov=nesterov)
     assert (below.outcome(rule) == CONVERGED).sum() >= 4
+
+
+# --- the `shallownet sweep` command with a momentum process, against single Lightning runs -------------
+
+@pytest.mark.parametrize("method", ["momentum", "nesterov"])
+def test_sweep_command_with_momentum_equals_single_train_runs(cli, tmp_path, method):
+    from shallownet.config import RunConfig, load_config
+    from shallownet.sweep.engine import OUTCOMES
+    from shallownet.training import run
+    from tests.conftest import CONFIGS, read_summary
+
+    code, _, err, dirs = cli("sweep", f"optim.method={method}", "optim.momentum=0.6", "grid.lr.num=6",
+                             "grid.scale.num=4", "train.max_steps=400", "init.width=3", "output.progress=false",
+                             config=CONFIGS / "sweep.yaml")
+    assert code == 0, err
+    grid = np.load(dirs[0] / "grid.npz")
+    summary = read_summary(dirs[0])
+    assert summary["process"] == {"method": method, "momentum": 0.6} and "theorem1" not in summary
+    seen = set()
+    for i, j in [(0, 0), (1, 1), (2, 3), (3, 3), (5, 0), (4, 2), (3, 0)]:
+        overrides = ["model.width=3", "model.init.scheme=imbalanced", "model.init.imbalance=0.5", "model.init.seed=0",
+                     f"model.init.scale={float(grid['scale'][j])!r}", f"optim.method={method}", "optim.momentum=0.6",
+                     f"optim.lr={float(grid['eta'][i])!r}", "train.max_steps=400", "train.tol=1e-8",
+                     "monitor.dynamics.every_n_steps=1000000", "monitor.sharpness.every_n_steps=0"]
+        single = run(load_config(RunConfig, None, overrides), tmp_path / f"{i}_{j}")
+        outcome = OUTCOMES[grid["outcome"][i, j]]
+        seen.add(outcome)
+        assert single["status"] == outcome and single["steps"] == grid["steps"][i, j], (i, j)
+        if outcome != "diverged":
+            np.testing.assert_allclose(single["final"]["norm"], grid["final_norm"][i, j], rtol=1e-10)
+            np.testing.assert_allclose(single["final"]["imbalance"] / single["init"]["imbalance"],
+                                       grid["imbalance_ratio"][i, j], rtol=1e-10)
+    assert {"converged", "diverged"} <= seen

@@ -27,7 +27,7 @@ def test_shares_cover_every_run_once(n_runs, world):
 def test_two_gloo_processes_give_the_single_process_bits(tmp_path, cli):
     config = str(CONFIGS / "sweep.yaml")
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-              "-m", "shallownet.sweep.distributed", config, *GRID, f"output.root={tmp_path / 'split'}"]
+              "-m", "shallownet", "sweep", config, *GRID, f"output.root={tmp_path / 'split'}"]
     done = subprocess.run(launch, cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]

@@ -20,9 +20,9 @@ def run(config_path: str | None, overrides: list[str]) -> int:
     result = make_figure1(cfg, run_dir)
     result.update(status="done", provenance=provenance())
     write_json(run_dir / "summary.json", result)
+    width = max(len(path["process"]) for path in result["paths"])
     for path in result["paths"]:
-        run = "GF" if path["eta"] is None else f"GD eta={path['eta']:g}"
-        print(f"init {path['init']}: {run:12s} {path['outcome']:9s} in {path['steps']:4d} steps, "
+        print(f"init {path['init']}: {path['process']:{width}s} {path['outcome']:9s} in {path['steps']:4d} steps, "
               f"Q(T)/Q(0) = {path['imbalance_ratio']:.4g}, lam(T) = {path['norm']:.6g}")
     print(f"figure: {result['png']}\nview it: tensorboard --logdir {run_dir} (IMAGES tab)")
     return 0

@@ -2,7 +2,7 @@
 
 Launch with torchrun; the sweep notices the WORLD_SIZE that torchrun sets:
 
-    torchrun --nproc_per_node=2 -m shallownet.sweep.distributed configs/sweep.yaml [key=value ...]
+    torchrun --nproc_per_node=2 -m shallownet sweep configs/sweep.yaml [key=value ...]
 
 Every run is independent and computed by the same arithmetic wherever it lands, so the merged result
 equals the single-process one bit for bit.
@@ -11,7 +11,6 @@ equals the single-process one bit for bit.
 from __future__ import annotations
 
 import os
-import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -72,13 +71,3 @@ def gather(runs: Runs, flat: np.ndarray, n_runs: int, rank: int, world: int) -> 
             merged[indices] = getattr(part, name)
         fields[name] = merged
     return type(runs)(**fields)
-
-
-def main() -> int:
-    from shallownet.cli import main as cli_main
-
-    return cli_main(["sweep", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

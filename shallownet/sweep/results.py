@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from shallownet import theory
+from shallownet.processes import descent
 from shallownet.sweep.engine import CONVERGED, DIVERGED, OUTCOMES, Runs
 from shallownet.sweep.grid import Grid
 
@@ -58,8 +59,16 @@ def save_npz(path: Path, recs: dict[str, np.ndarray]) -> None:
     np.savez_compressed(path, outcome_names=np.array(OUTCOMES), **recs)
 
 
+def stability_threshold(grid: Grid, eta: np.ndarray) -> np.ndarray:
+    """The threshold of the grid's process at step sizes eta (docs/theory.md section 9)."""
+    if grid.beta == 0:
+        return descent.GradientDescentProcess(lr=eta).threshold()
+    kind = descent.Nesterov if grid.nesterov else descent.Momentum
+    return kind(lr=eta, momentum=grid.beta).threshold()
+
+
 def summarise(grid: Grid, recs: dict[str, np.ndarray]) -> dict:
-    """Counts, ranges and consistency checks of a sweep, for summary.json."""
+    """Counts, ranges and consistency checks of a sweep, for summary.json (Theorem 1 is GD's: only there)."""
     outcome, steps, ratio = recs["outcome"], recs["steps"], recs["imbalance_ratio"]
     converged = outcome == CONVERGED
     eta = recs["eta"][:, None]
@@ -68,7 +77,7 @@ def summarise(grid: Grid, recs: dict[str, np.ndarray]) -> dict:
     # At |eps| <= tol the final norm is within O(tol) of lam_GD: a check of the recorded P.
     norm_gd = recs["norm_gd_over_gf"] * recs["norm_gf"][None, :]
     gd_mismatch = np.abs(recs["final_norm"] - norm_gd)[converged]
-    return {
+    summary = {
         "runs": int(outcome.size),
         "grid_shape": list(outcome.shape),
         "outcomes": {name: int((outcome == code).sum()) for code, name in enumerate(OUTCOMES)},
@@ -78,15 +87,17 @@ def summarise(grid: Grid, recs: dict[str, np.ndarray]) -> dict:
         "imbalance_ratio_converged": _range(ratio[converged]),
         "norm_gd_over_gf_converged": _range(recs["norm_gd_over_gf"][converged]),
         "max_abs_final_norm_minus_norm_gd": float(gd_mismatch.max()) if gd_mismatch.size else None,
-        "theorem1": {
-            "runs_where_condition_holds": int(theorem1.sum()),
-            "of_which_converged": int((theorem1 & converged).sum()),
-        },
         "gd_flatter_than_gf_where_converged": int((recs["norm_gd_over_gf"][converged] <= 1.0).sum()),
-        # |eps| <= tol reached at a minimum sharper than 2/eta: an orbit that passed near a minimum GD
-        # cannot stay at (beyond eta = 1/phi every minimum is like that), counted as converged all the same.
-        "converged_at_unstable_minimum": int((converged & (recs["final_sharpness"] > 2.0 / eta)).sum()),
+        # |eps| <= tol reached at a minimum sharper than the threshold (2/eta for GD): an orbit that passed near
+        # a minimum the process cannot stay at (for GD beyond eta = 1/phi every minimum is like that), counted
+        # as converged all the same.
+        "converged_at_unstable_minimum": int((converged & (recs["final_sharpness"]
+                                                           > stability_threshold(grid, eta))).sum()),
     }
+    if grid.beta == 0:
+        summary["theorem1"] = {"runs_where_condition_holds": int(theorem1.sum()),
+                               "of_which_converged": int((theorem1 & converged).sum())}
+    return summary
 
 
 def _range(values: np.ndarray) -> dict | None:
