@@ -2,7 +2,7 @@
 against theory.md.
 
 Every process is an ordinary shallownet.training.run with its own TensorBoard sub-run in one folder
-(gd_lr=0.3/, momentum_lr=0.1/, flow/, ...). All sub-runs share one x-axis: process time in units of
+(gd_lr=0.3/, momentum_lr=0.1_momentum=0.9/, flow/, ...). All sub-runs share one x-axis: process time in units of
 train.time_unit (t = lr k for GD, lr k / (1 - beta) for momentum, the flow time for a flow), so their curves
 overlay in one chart; each sub-run's own step count is the tag process/step.
 """
@@ -61,14 +61,14 @@ class CompareConfig:  # configs/compare.yaml shows these defaults
 
 
 def process_label(entry: DictConfig) -> str:
-    """The sub-run's name: the method, its lr, and every other key that differs from the method's default
-    (gd_lr=0.3, momentum_lr=0.1_momentum=0.5, adam_lr=0.001, flow, flow_rtol=0.001)."""
+    """The sub-run's name: the method, its lr and momentum, and every other key that differs from the method's
+    default (gd_lr=0.3, momentum_lr=0.1_momentum=0.9, adam_lr=0.001, flow, flow_rtol=0.001)."""
     kind = registry.process_kind(entry.method)
     defaults = kind.schema()
     parts = [entry.method]
     for f in dataclasses.fields(kind.schema):
         value = entry[f.name]
-        if f.name == "lr" or value != getattr(defaults, f.name):
+        if f.name in ("lr", "momentum") or value != getattr(defaults, f.name):
             text = ",".join(f"{v:g}" for v in value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) \
                 else f"{value:g}" if isinstance(value, float) else str(value)
             parts.append(f"{f.name}={text}")

@@ -49,7 +49,8 @@ def hovering(times: np.ndarray, ratio: np.ndarray) -> dict:
 
 def eos_figure(run_dir, result: dict):
     """The governing sharpness (the preconditioned one for adaptive processes) with each process's threshold
-    (dashed), and the loss, against process time; one colour per process."""
+    (dashed), and the loss, against each process's own step count (processes of different clocks and
+    thresholds side by side: a log sharpness axis when the thresholds span more than a decade)."""
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -59,21 +60,28 @@ def eos_figure(run_dir, result: dict):
     sharp_ax, loss_ax = fig.subplots(1, 2)
     rows = result["rows"]
     colours = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(rows)))
-    unit = result["time_unit"]
+    thresholds = [row["stability_threshold"] for row in rows if row["stability_threshold"] is not None]
     for row, colour in zip(rows, colours, strict=True):
         metrics = read_metrics(run_dir / row["run"])
+        axis, steps = metrics["process/step"]  # x-axis point -> the sub-run's own step count
+
+        def step_of(x, axis=axis, steps=steps):
+            return np.interp(x, axis, steps)
+
         tag = "curvature/preconditioned_sharpness" if row["final_preconditioned_sharpness"] is not None \
             else "curvature/sharpness"
         if tag in metrics:
             x, sharpness = metrics[tag]
-            sharp_ax.plot(x * unit, sharpness, color=colour, lw=1.4, marker=".", ms=4, label=row["run"])
+            sharp_ax.plot(step_of(x), sharpness, color=colour, lw=1.4, marker=".", ms=4, label=row["run"])
         if row["stability_threshold"] is not None:
             sharp_ax.axhline(row["stability_threshold"], color=colour, ls="--", lw=1.0)
         x, loss = metrics["dynamics/loss"]
-        loss_ax.plot(x * unit, loss, color=colour, lw=1.2, label=row["run"])
-    sharp_ax.set(xlabel="process time t", ylabel="governing sharpness (dashed: the process's threshold)",
-                 title=f"{result['model']}: sharpness samples")
-    loss_ax.set(xlabel="process time t", ylabel="train loss", yscale="log", title=f"{result['model']}: train loss")
+        loss_ax.plot(step_of(x), loss, color=colour, lw=1.2, label=row["run"])
+    if thresholds and max(thresholds) > 10 * min(thresholds):
+        sharp_ax.set_yscale("log")
+    sharp_ax.set(xlabel="step", ylabel="governing sharpness (preconditioned for rmsprop, adam)",
+                 title=f"{result['model']}, full batch: sharpness per process (dashed: its threshold)")
+    loss_ax.set(xlabel="step", ylabel="train loss", yscale="log", title=f"{result['model']}, full batch: train loss")
     for ax in (sharp_ax, loss_ax):
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)

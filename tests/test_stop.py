@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from shallownet.figure1 import DIVERGENCE_NORM, gd_path
+from shallownet.figure1 import DIVERGENCE_NORM, process_path
 from shallownet.losses import half_mse
 from shallownet.model import ScalarLinearNet
 from shallownet.module import FullBatchModule
@@ -84,8 +84,9 @@ def engine_outcomes(backend: str) -> dict[str, tuple[str, int]]:
 def test_every_implementation_agrees_on_the_edge_cases():
     results = {
         "lightning": {name: lightning_outcome(*ab) for name, (ab, _) in CASES.items()},
-        "figure1": {name: (lambda p: (p[1], len(p[0]) - 1))(gd_path(*ab, ETA, 1.0, MAX, TOL))
-                    for name, (ab, _) in CASES.items()},
+        "figure1": {name: (lambda p: (p[1], len(p[0]) - 1))(
+            process_path(*ab, 1.0, GradientDescentProcess(lr=ETA), RULE))
+            for name, (ab, _) in CASES.items()},
         **{backend: engine_outcomes(backend) for backend in ("numba", "torch", "batched")},
     }
     reference = results["lightning"]

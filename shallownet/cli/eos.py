@@ -19,6 +19,7 @@ def report(cfg, run_dir, result: dict) -> None:
     from shallownet.eos import NEAR, eos_figure, hovering
     from shallownet.events import read_metrics
     from shallownet.plots import save_figure
+    from shallownet.stop import DIVERGED
 
     unit = result["time_unit"]
     for row in result["rows"]:
@@ -27,7 +28,9 @@ def report(cfg, run_dir, result: dict) -> None:
             continue  # a process without a threshold (gradient flow), or the sharpness monitor off
         x, ratio = metrics["curvature/sharpness_over_threshold"]
         hover = row["hovering"] = hovering(x * unit, ratio)
-        if hover["reached_at"] is not None:
+        if row["outcome"] == DIVERGED:
+            print(f"{row['run']}: diverged at t = {row['time']:.4g} (the ratios before are in its sub-run)")
+        elif hover["reached_at"] is not None:
             print(f"{row['run']}: the sharpness reached {NEAR:g} x its threshold at t = {hover['reached_at']:.4g}; "
                   f"since then sharpness / threshold = {hover['median']:.3f} (median; range {hover['min']:.3f} - "
                   f"{hover['max']:.3f})")

@@ -1,20 +1,22 @@
 """The paper's Figure 3 from a sweep's records, plus final sharpness against step size.
 
 x is the step size eta, y the initial scale (log axes when the grid is log-spaced). Theory lines drawn
-on the maps: the Theorem-1 bound eta < min(1/(2|eps0|), 2/sqrt(lam0^2 + 4 phi^2)), eta = 2/lam_GF (edge
-of stability) and eta = 1/phi (no stable minimum, chaos).
+on the maps, for a process whose stability threshold is c/eta (GD: c = 2; momentum: docs/theory.md section
+9): eta = c/lam_GF (edge of stability) and eta = c/(2 phi) (no stable minimum beyond: for GD 1/phi, chaos);
+for GD also the Theorem-1 bound eta < min(1/(2|eps0|), 2/sqrt(lam0^2 + 4 phi^2)).
 """
 
 from __future__ import annotations
 
 import matplotlib
 import numpy as np
-from matplotlib.colors import ListedColormap, LogNorm, TwoSlopeNorm
+from matplotlib.colors import ListedColormap, LogNorm, SymLogNorm, TwoSlopeNorm
 from matplotlib.figure import Figure  # not pyplot: no global state, no GUI backend
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from shallownet.sweep.engine import CONVERGED, DIVERGED, MAX_STEPS
+from shallownet.sweep.results import SweptProcess
 
 DIVERGED_COLOUR = "black"
 MAX_STEPS_COLOUR = "#d9d9d9"
@@ -23,7 +25,7 @@ MAP_YLABEL = "initial scale s  (λ(0) = 2 s² for the imbalanced init)"
 ETA_LAMBDA0 = (0.5, 1.0, 2.0)  # lines of constant eta * lambda(0): the caption reasons in this product
 
 
-def figure3(recs: dict, phi: float, max_steps: int, tol: float):
+def figure3(recs: dict, phi: float, max_steps: int, tol: float, process: SweptProcess):
     """Left: Q(T)/Q(0); right: steps to reach |eps| <= tol. Diverged and unconverged cells marked."""
     fig = Figure(figsize=(13, 5.6), layout="constrained")
     left, right = fig.subplots(1, 2)
@@ -31,10 +33,16 @@ def figure3(recs: dict, phi: float, max_steps: int, tol: float):
 
     ratio = np.ma.masked_where(outcome == DIVERGED, recs["imbalance_ratio"])
     low = min(float(ratio.min()), -1e-3) if ratio.count() else -1.0
-    mesh = draw_map(left, recs, ratio, "RdBu_r", TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=1.0), MAP_YLABEL)
-    fig.colorbar(mesh, ax=left, label="Q(T) / Q(0) = P")
+    high = float(ratio.max()) if ratio.count() else 1.0
+    if high <= 1.0:  # GD: P <= 1 always, and the interest is in [low, 1]
+        norm = TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=1.0)
+    else:  # momentum can grow |Q| many-fold as well: linear inside [-1, 1], logarithmic beyond
+        norm = SymLogNorm(linthresh=1.0, vmin=-max(-low, high), vmax=max(-low, high))
+    mesh = draw_map(left, recs, ratio, "RdBu_r", norm, MAP_YLABEL)
+    fig.colorbar(mesh, ax=left, label="Q(T) / Q(0)" + (" = P" if process.is_gd else " = α_T γ_T"))
     hatch_cells(left, recs, outcome == MAX_STEPS)  # P there is the state at T, often about 0: not white's 0
-    left.set_title("imbalance kept by GD: Q(T)/Q(0) = Π (1 − η² ε_t²)")
+    left.set_title("imbalance kept by GD: Q(T)/Q(0) = Π (1 − η² ε_t²)" if process.is_gd
+                   else f"imbalance kept by {process.name}: Q(T)/Q(0)")
 
     steps = np.ma.masked_where(outcome != CONVERGED, recs["steps"].astype(float))
     steps = np.ma.masked_less(steps, 1)  # runs that start converged have no place on a log scale
@@ -51,17 +59,17 @@ def figure3(recs: dict, phi: float, max_steps: int, tol: float):
     for ax in (left, right):
         mark_cells(ax, recs, outcome == DIVERGED, DIVERGED_COLOUR)
         _eta_lambda0_lines(ax, recs)
-        _theory_lines(ax, recs, phi)
+        _theory_lines(ax, recs, phi, process)
     handles, _ = right.get_legend_handles_labels()
     handles += [Patch(color=DIVERGED_COLOUR, label="diverged"),
                 Patch(facecolor=MAX_STEPS_COLOUR, hatch="///", edgecolor="0.35",
                       label=f"not converged in T = {max_steps} steps (hatched on the left)")]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small")
-    fig.suptitle(f"GD on the shallow linear net, Φ = {phi:g}: step size × initial scale")
+    fig.suptitle(f"{process.name} on the shallow linear net, Φ = {phi:g}: step size × initial scale")
     return fig
 
 
-def sharpness_panel(recs: dict, phi: float):
+def sharpness_panel(recs: dict, phi: float, process: SweptProcess):
     """Final sharpness versus eta for a few initial scales, against lam_GF, 2/eta and 2 phi."""
     fig = Figure(figsize=(7.5, 5.2), layout="constrained")
     ax = fig.subplots()
@@ -79,9 +87,10 @@ def sharpness_panel(recs: dict, phi: float):
         diverged = recs["outcome"][:, j] == DIVERGED
         ax.plot(eta[diverged], np.full(diverged.sum(), top * 0.93), "|", ms=6, color=colour)
         ax.axhline(recs["norm_gf"][j], color=colour, ls="--", lw=1)
-    ax.plot(eta, 2.0 / eta, "k-", lw=1.2, label="2/η (stability limit)")
+    c = process.constant
+    ax.plot(eta, c / eta, "k-", lw=1.2, label=f"{c:.3g}/η (stability limit)")
     ax.axhline(2.0 * phi, color="grey", lw=1.2, label="2Φ (flattest minimum)")
-    ax.axvline(1.0 / phi, color="grey", ls=":", lw=1.2, label="η = 1/Φ")
+    ax.axvline(c / (2 * phi), color="grey", ls=":", lw=1.2, label=f"η = {c / 2:.3g}/Φ")
     ax.plot([], [], "k--", lw=1, label="λ_GF of each scale (dashed)")
     ax.plot([], [], "k|", ms=6, label="diverged (ticks along the top)")
     log_axis(ax, "x", eta)
@@ -92,7 +101,8 @@ def sharpness_panel(recs: dict, phi: float):
         readable_log_ticks(ax.yaxis, low, top)
     ax.set_xlabel("step size η")
     ax.set_ylabel("sharpness at the end (largest Hessian eigenvalue)")
-    ax.set_title("GD ends flatter than GF, and below 2/η (converged runs; gaps: not converged)")
+    ax.set_title(f"{process.name}: final sharpness against λ_GF and {c:.3g}/η\n"
+                 "(converged runs; gaps: not converged)")
     ax.legend(fontsize="x-small", loc="center left")
     return fig
 
@@ -131,11 +141,12 @@ def _eta_lambda0_lines(ax, recs):
                 label=f"ηλ(0) = {', '.join(f'{p:g}' for p in ETA_LAMBDA0)} (left to right)" if n == 0 else None)
 
 
-def _theory_lines(ax, recs, phi):
-    scale = recs["scale"]
-    ax.plot(recs["theorem1_max_lr"], scale, color="cyan", lw=1.6, label="Theorem-1 bound")
-    ax.plot(2.0 / recs["norm_gf"], scale, color="orange", lw=1.6, ls="--", label="η = 2/λ_GF")
-    ax.axvline(1.0 / phi, color="magenta", lw=1.6, ls=":", label="η = 1/Φ")
+def _theory_lines(ax, recs, phi, process: SweptProcess):
+    scale, c = recs["scale"], process.constant
+    if process.is_gd:
+        ax.plot(recs["theorem1_max_lr"], scale, color="cyan", lw=1.6, label="Theorem-1 bound")
+    ax.plot(c / recs["norm_gf"], scale, color="orange", lw=1.6, ls="--", label=f"η = {c:.3g}/λ_GF")
+    ax.axvline(c / (2 * phi), color="magenta", lw=1.6, ls=":", label=f"η = {c / 2:.3g}/Φ")
 
 
 def log_axis(ax, which, values):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +60,26 @@ def save_npz(path: Path, recs: dict[str, np.ndarray]) -> None:
     np.savez_compressed(path, outcome_names=np.array(OUTCOMES), **recs)
 
 
-def stability_threshold(grid: Grid, eta: np.ndarray) -> np.ndarray:
-    """The threshold of the grid's process at step sizes eta (docs/theory.md section 9)."""
+@dataclass(frozen=True)
+class SweptProcess:
+    """What the figures and the summary say of the grid's process."""
+
+    name: str  # for titles: "GD", "heavy-ball momentum, β = 0.9", ...
+    constant: float  # its stability threshold is constant / eta (docs/theory.md section 9)
+    is_gd: bool  # Theorem 1 and the product P of one-step factors are GD's
+
+
+def swept_process(grid: Grid) -> SweptProcess:
     if grid.beta == 0:
-        return descent.GradientDescentProcess(lr=eta).threshold()
+        return SweptProcess("GD", descent.GradientDescentProcess(lr=1.0).threshold(), True)
     kind = descent.Nesterov if grid.nesterov else descent.Momentum
-    return kind(lr=eta, momentum=grid.beta).threshold()
+    name = f"{'Nesterov' if grid.nesterov else 'heavy-ball'} momentum, β = {grid.beta:g}"
+    return SweptProcess(name, kind(lr=1.0, momentum=grid.beta).threshold(), False)
+
+
+def stability_threshold(grid: Grid, eta: np.ndarray) -> np.ndarray:
+    """The threshold of the grid's process at step sizes eta."""
+    return swept_process(grid).constant / eta
 
 
 def summarise(grid: Grid, recs: dict[str, np.ndarray]) -> dict:

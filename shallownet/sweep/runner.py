@@ -19,7 +19,7 @@ from shallownet.sweep.engine import OUTCOMES, Runs, simulate
 from shallownet.sweep.figures import figure3, sharpness_panel
 from shallownet.sweep.grid import Grid, build_grid, chunk_size
 from shallownet.sweep.momentum import simulate_momentum
-from shallownet.sweep.results import records, save_npz, summarise
+from shallownet.sweep.results import records, save_npz, summarise, swept_process
 
 
 def compute(cfg: DictConfig, grid: Grid, flat: np.ndarray | None = None, device: str | None = None,
@@ -82,8 +82,9 @@ def write_outputs(run_dir: Path, cfg: DictConfig, grid: Grid, runs: Runs, timing
     else:
         recs = records(grid, runs)
         save_npz(run_dir / "grid.npz", recs)
-        figures = {"figure3": figure3(recs, grid.phi, grid.rule.max_steps, grid.rule.tol),
-                   "sharpness": sharpness_panel(recs, grid.phi)}
+        process = swept_process(grid)
+        figures = {"figure3": figure3(recs, grid.phi, grid.rule.max_steps, grid.rule.tol, process),
+                   "sharpness": sharpness_panel(recs, grid.phi, process)}
         described = summarise(grid, recs)
     writer = None
     if cfg.output.tensorboard:
