@@ -29,17 +29,18 @@ MAX_FLOW_STEPS = 10**6  # the flow path is drawn point by point (shallownet figu
 
 @dataclass
 class FigureOutput:
-    root: str = "runs"
-    name: str = "figure1"
+    root: str = "runs"  # the run folder is <root>/<name>/version_<n>
+    name: str = "figure1"  # the run folder's parent under root
 
 
 @dataclass
 class Figure1Config:
-    phi: float = 1.0
-    inits: List[List[float]] = field(default_factory=lambda: [[1.9, -0.4], [0.3, -1.6]])  # noqa: UP006
-    lrs: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.45])  # noqa: UP006
-    max_steps: int = 500
-    tol: float = 1.0e-10
+    phi: float = 1.0  # the target Phi (> 0); the minima are the hyperbola ab = phi
+    inits: List[List[float]] = field(default_factory=lambda: [[1.9, -0.4], [0.3, -1.6]])  # noqa: UP006  initial points
+    # [a0, b0], one GD path per step size and one GF path each
+    lrs: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.45])  # noqa: UP006  GD step sizes
+    max_steps: int = 500  # GD steps at most per path
+    tol: float = 1.0e-10  # a path stops once |ab - phi| <= tol
     flow_max_step: float = 0.02  # cap on the GF step: the drawn GF path is the integrator's own points
     extent: float = 2.2  # the plot shows [-extent, extent]^2: both branches of ab = phi
     output: FigureOutput = field(default_factory=FigureOutput)
