@@ -170,10 +170,18 @@ def test_a_space_instead_of_equals_says_what_was_meant(capsys):
     assert "did you mean optim.lr=0.1?" in err and "no such file" not in err
     assert main(["train", "model.width=3", "optim.lr", "0.1"]) == 2
     assert "did you mean optim.lr=0.1?" in capsys.readouterr().err
+    assert main(["train", "optim.lr", "-0.1"]) == 2  # a negative value is no option
+    assert "did you mean optim.lr=-0.1?" in capsys.readouterr().err
     assert main(["sweep", "grid.lr.num"]) == 2
     assert "did you mean grid.lr.num=VALUE?" in capsys.readouterr().err
     assert main(["train", "missing.yaml"]) == 2  # a file name stays a file name
     assert "config file missing.yaml: no such file" in capsys.readouterr().err
+
+
+def test_a_key_of_another_kind_names_its_kinds(capsys):
+    assert main(["train", "model.widths=[3]"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'model.widths'" in err and "belongs to the model kinds mlp" in err
 
 
 def test_unknown_commands_and_options(capsys):

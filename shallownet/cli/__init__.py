@@ -83,7 +83,7 @@ def _main(argv: list[str]) -> int:
         print(f"shallownet: error: unknown command {name!r}{hint}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     command = importlib.import_module(f"shallownet.cli.{name}")
-    options = [arg for arg in rest if arg.startswith("-") and "=" not in arg]
+    options = [arg for arg in rest if (arg.startswith("--") or arg == "-h") and "=" not in arg]  # not -0.1
     rest = [arg for arg in rest if arg not in options]
     try:
         unknown = [arg for arg in options if arg not in OPTIONS]
