@@ -132,9 +132,58 @@ def format_keys(rows: list[Key]) -> str:
     return "\n".join(f"  {s:{width}s}  ({k}) {r.meaning}".rstrip() for s, k, r in lines)
 
 
+def _cell(text: str) -> str:
+    """Markdown-safe: | splits cells, * makes emphasis, <name> reads as an HTML tag."""
+    for char, escaped in (("|", "\\|"), ("*", "\\*"), ("<", "&lt;"), (">", "&gt;")):
+        text = text.replace(char, escaped)
+    return text
+
+
 def markdown_table(rows: list[Key]) -> str:
     lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
     for r in rows:
         cells = [f"`{r.name}`", r.type, f"`{r.default}`" if r.default else "", r.allowed, r.meaning]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+KIND_SECTIONS = (("model", "kind", "model", "Model kinds"), ("data", "kind", "data", "Data kinds"),
+                 ("optim", "method", "process", "Processes (optim.method; compare's and eos's processes[])"))
+
+
+def reference_markdown() -> str:
+    """docs/reference/config.md: every command's keys with its default kinds, then every kind's own keys
+    (python -m shallownet.describe writes it; a test keeps it current)."""
+    import importlib
+
+    from shallownet import registry
+    from shallownet.cli import COMMANDS, OPTIONS
+    from shallownet.config import RunConfig, load_config
+
+    parts = ["# Config reference", "",
+             "Generated from the config schemas by `python -m shallownet.describe` (the same source as "
+             "`shallownet <command> --help`); do not edit by hand. Set a key as `key=value` on the command line "
+             "or in a YAML file given as CONFIG; `--print-config` shows the resolved config of a command line.",
+             "", "Options of every command: " + ", ".join(f"`{o}`" for o in OPTIONS) + ".", ""]
+    for name in COMMANDS:
+        command = importlib.import_module(f"shallownet.cli.{name}")
+        parts += [f"## {name}", "", command.SUMMARY + ".", "", markdown_table(
+            describe(command.SCHEMA, load_config(command.SCHEMA, None, []))), ""]
+    for section, key, table, title in KIND_SECTIONS:
+        parts += [f"## {title}", ""]
+        for kind in registry.known(table):
+            rows = describe(RunConfig, load_config(RunConfig, None, [f"{section}.{key}={kind}"]))
+            own = [r for r in rows if r.name.startswith(f"{section}.") and r.name != f"{section}.{key}"]
+            parts += [f"### {section}.{key}={kind}", "",
+                      markdown_table(own) if own else "No keys of its own.", ""]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/reference/config.md")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(reference_markdown())
+    print(f"wrote {target}")

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from shallownet import __version__, registry
 from shallownet.cli import COMMANDS, main
 from shallownet.config import ConfigError, RunConfig, load_config
-from shallownet.describe import describe, field_comments
+from shallownet.describe import describe, field_comments, reference_markdown
 from tests.conftest import REPO
 
 
@@ -191,3 +191,23 @@ def test_unknown_commands_and_options(capsys):
     assert "unknown option '--print-cfg'" in capsys.readouterr().err
     code, _, err = run_cli("sweeps")
     assert code == 2 and "did you mean 'sweep'?" in err
+
+
+def test_the_config_reference_is_current():
+    """docs/reference/config.md is generated from the schemas; regenerate: python -m shallownet.describe"""
+    written = (REPO / "docs" / "reference" / "config.md").read_text()
+    assert written == reference_markdown(), "docs/reference/config.md is stale: run python -m shallownet.describe"
+    for name in COMMANDS:
+        assert f"## {name}\n" in written
+    for kind in registry.known("model"):
+        assert f"### model.kind={kind}\n" in written
+
+
+def test_the_documentation_site_builds(tmp_path):
+    """mkdocs build --strict: broken links and anchors, pages missing from nav and failed API pages fail it."""
+    pytest.importorskip("mkdocstrings")
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = (tmp_path / "site" / "api" / "callbacks" / "index.html").read_text()
+    assert "SharpnessMonitor" in page and "every_n_steps" in page  # the monitors' constructor arguments
