@@ -20,18 +20,20 @@ def data_section(cfg):
 
 @dataclass
 class DeepInitConfig:
-    scheme: str = "gaussian"  # gaussian | balanced | imbalanced | explicit
-    scale: float = 1.0
-    seed: int = 0
+    scheme: str = "gaussian"  # balanced: equal layers; imbalanced: set layer-pair imbalances; explicit: weights
+    scale: float = 1.0  # size of the init (gaussian: per-entry std scale / sqrt(fan-in))
+    seed: int = 0  # random seed of the init
     imbalance: List[float] = field(default_factory=lambda: [0.5])  # noqa: UP006  one per layer pair, or one
     weights: Optional[List[float]] = None  # noqa: UP006, UP045  explicit: every parameter entry, layer by layer
+
+    choices = {"scheme": INIT_SCHEMES}
 
 
 @dataclass
 class DeepScalarLinearConfig:
-    depth: int = 3
-    width: int = 10
-    phi: float = 1.0
+    depth: int = 3  # number of layers L (>= 2)
+    width: int = 10  # hidden width
+    phi: float = 1.0  # the target slope Phi
     init: DeepInitConfig = field(default_factory=DeepInitConfig)
 
     @staticmethod
@@ -47,8 +49,8 @@ class DeepScalarLinearConfig:
 
 @dataclass
 class ScalarChainConfig:
-    depth: int = 3
-    phi: float = 1.0
+    depth: int = 3  # number of scalar weights w_1 ... w_L (2 to 10000)
+    phi: float = 1.0  # the target Phi = w_1 ... w_L
     init: DeepInitConfig = field(default_factory=DeepInitConfig)
 
     @staticmethod
@@ -93,16 +95,16 @@ def _validate_init(init, depth: int, n_params: int | None) -> None:
 
 @dataclass
 class MatrixRegressionConfig:
-    n_samples: int = 200
-    d_in: int = 6
-    d_out: int = 4
+    n_samples: int = 200  # training rows
+    d_in: int = 6  # input dimension
+    d_out: int = 4  # output dimension
     rank: Optional[int] = None  # noqa: UP045 (omegaconf reads typing.Optional only); null: min(d_in, d_out)
     condition: float = 10.0  # s_max / s_min over the rank nonzero singular values of A* (1 when rank is 1)
-    top_singular_value: float = 1.0
+    top_singular_value: float = 1.0  # largest singular value of the target matrix A*
     noise: float = 0.0  # standard deviation of the label noise
     whiten: bool = False  # X^T X / n = I (needs n_samples >= d_in)
     n_test: int = 0  # test rows drawn like the training rows (never whitened)
-    seed: int = 0
+    seed: int = 0  # random seed of the data
 
     @staticmethod
     def validate(cfg) -> None:

@@ -77,7 +77,7 @@ def model_section(cfg: Any) -> Any:
 
 
 def _check_common(section: Any) -> None:
-    if hasattr(section, "activation"):
+    if hasattr(section, "activation"):  # also checked on load (choices); the builders check sections built in code
         require(section.activation in ACTIVATIONS, "model.activation", f"one of {', '.join(ACTIVATIONS)}",
                  section.activation)
     require(section.num_outputs is None or section.num_outputs >= 1, "model.num_outputs",
@@ -94,9 +94,11 @@ def _positive_list(values: Any, key: str) -> list[int]:
 @dataclass
 class MLPConfig:
     widths: List[int] = field(default_factory=lambda: [200, 200])  # noqa: UP006  hidden widths
-    activation: str = "relu"  # relu | leaky_relu | tanh
-    seed: int = 0
+    activation: str = "relu"  # the nonlinearity after each hidden layer
+    seed: int = 0  # random seed of PyTorch's default initialisation
     num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
+
+    choices = {"activation": ACTIVATIONS}
 
     @staticmethod
     def validate(cfg: Any) -> None:
@@ -110,9 +112,11 @@ class MLPConfig:
 class CNNConfig:
     channels: List[int] = field(default_factory=lambda: [32, 32])  # noqa: UP006  one conv + pool each
     kernel_size: int = 3  # odd; 'same' padding
-    activation: str = "relu"  # relu | leaky_relu | tanh
-    seed: int = 0
-    num_outputs: Optional[int] = None  # noqa: UP045
+    activation: str = "relu"  # the nonlinearity after each hidden layer
+    seed: int = 0  # random seed of PyTorch's default initialisation
+    num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
+
+    choices = {"activation": ACTIVATIONS}
 
     @staticmethod
     def validate(cfg: Any) -> None:
@@ -128,9 +132,9 @@ class VGGConfig:
     channels: List[int] = field(default_factory=lambda: [32, 64, 128])  # noqa: UP006  one stage each
     convs_per_stage: int = 2  # 3x3 convolutions (+ BatchNorm) + ReLU per stage, then a 2x2 max-pool
     hidden: int = 128  # width of the fully connected layer before the output (0: none)
-    batch_norm: bool = False
-    seed: int = 0
-    num_outputs: Optional[int] = None  # noqa: UP045
+    batch_norm: bool = False  # BatchNorm after each convolution
+    seed: int = 0  # random seed of PyTorch's default initialisation
+    num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
 
     @staticmethod
     def validate(cfg: Any) -> None:

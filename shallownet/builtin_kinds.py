@@ -11,18 +11,21 @@ INIT_SCHEMES = ("gaussian", "explicit", "imbalanced")  # what shallownet.model.i
 
 @dataclass
 class InitConfig:
-    scheme: str = "gaussian"
-    scale: float = 1.0
-    seed: int = 0
-    imbalance: float = 0.5
-    a0: Optional[List[float]] = None  # noqa: UP006, UP045
-    b0: Optional[List[float]] = None  # noqa: UP006, UP045
+    scheme: str = "gaussian"  # gaussian: a, b iid N(0, scale^2/width); imbalanced: lam(0) = 2 scale^2, Q(0) = imbalance
+    # lam(0), random directions; explicit: a0, b0
+    scale: float = 1.0  # size of the init: lam(0) = |a|^2 + |b|^2 is (about) 2 scale^2
+    seed: int = 0  # random seed of the init
+    imbalance: float = 0.5  # imbalanced: Q(0) / lam(0) = (|a|^2 - |b|^2) / (|a|^2 + |b|^2), in (-1, 1)
+    a0: Optional[List[float]] = None  # noqa: UP006, UP045  explicit: the initial a (model.width numbers)
+    b0: Optional[List[float]] = None  # noqa: UP006, UP045  explicit: the initial b (model.width numbers)
+
+    choices = {"scheme": INIT_SCHEMES}
 
 
 @dataclass
 class ScalarLinearConfig:
-    width: int = 10
-    phi: float = 1.0
+    width: int = 10  # hidden width d of f(x) = (a . b) x
+    phi: float = 1.0  # the target slope Phi (with data.kind=points)
     init: InitConfig = field(default_factory=InitConfig)
 
     @staticmethod
@@ -44,9 +47,9 @@ class ScalarLinearConfig:
 
 @dataclass
 class PointsConfig:
-    n_points: int = 1
-    noise: float = 0.0
-    seed: int = 0
+    n_points: int = 1  # number of regression points x_i (1: the single point x = 1, y = phi)
+    noise: float = 0.0  # standard deviation of the label noise (0 when n_points is 1)
+    seed: int = 0  # random seed of the points
 
     @staticmethod
     def validate(cfg) -> None:

@@ -41,10 +41,13 @@ PROCESSES_HINT = "processes, a list of sections like [{method: gd, lr: 0.1}, {me
 
 @dataclass
 class CompareConfig:  # configs/compare.yaml shows these defaults
-    model: Optional[dict] = kind_section("model", default="scalar_linear")  # noqa: UP045
-    data: Optional[dict] = kind_section("data")  # noqa: UP045
-    loss: Optional[str] = None  # noqa: UP045
-    processes: List[Any] = kind_list("process", key="method", default=[  # noqa: UP006
+    model: Optional[dict] = kind_section("model", default="scalar_linear")  # noqa: UP045  the model: a registered model
+    # kind; its keys follow
+    data: Optional[dict] = kind_section("data")  # noqa: UP045  the data set: a registered data kind (null: the model
+    # kind's default); its keys follow
+    loss: Optional[str] = None  # noqa: UP045  a name in shallownet.losses.LOSSES; null: the model's own
+    processes: List[Any] = kind_list("process", key="method", default=[  # noqa: UP006  the processes, each a section
+    # with a `method` and its keys, all from one init
         {"method": "gd", "lr": 0.1}, {"method": "gd", "lr": 0.3}, {"method": "gd", "lr": 0.4},
         {"method": "gd", "lr": 0.5}, {"method": "flow"}])
     train: TrainConfig = field(default_factory=TrainConfig)

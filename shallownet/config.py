@@ -26,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from shallownet.checks import ConfigError, physical_memory, require, require_device, require_memory  # noqa: F401
+from shallownet.losses import LOSSES
+from shallownet.registry import CONVERGENCE
 
 DTYPES = ("float64", "float32")
 INT64 = 2**63
@@ -56,18 +58,20 @@ def monitor_section() -> Any:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 2000
+    max_steps: int = 2000  # at most this many steps
     max_time: Optional[float] = None  # noqa: UP045 (omegaconf reads typing.Optional only); process-time budget
-    tol: float = 1.0e-10
-    convergence: Optional[str] = None  # noqa: UP045  residual | loss | grad_norm; null: the model's own
-    divergence_norm: float = 1.0e12
+    tol: float = 1.0e-10  # converged once the train.convergence quantity is <= tol (> 0)
+    convergence: Optional[str] = None  # noqa: UP045  what train.tol bounds; null: the model's own
+    divergence_norm: float = 1.0e12  # diverged once the squared parameter norm exceeds this (or is not finite)
     chunk_size: Optional[int] = None  # noqa: UP045  rows per gradient chunk; null: the whole batch at once
-    device: str = "cpu"
-    dtype: str = "float64"
+    device: str = "cpu"  # cpu or cuda[:N]
+    dtype: str = "float64"  # the parameters' and data's dtype
     time_unit: Optional[float] = None  # noqa: UP045  x-axis step = round(process time / time_unit); null: the
     # process's step count
     checkpoint_every_n_steps: int = 0  # 0: only at the end (and on interruption)
     resume: Optional[str] = None  # noqa: UP045  a run folder to continue
+
+    choices = {"convergence": CONVERGENCE, "dtype": DTYPES}  # checked on load, listed by --help
 
 
 @dataclass
@@ -76,31 +80,34 @@ class TrainerConfig:
     set from train.* and are not accepted here."""
 
     devices: Optional[int] = None  # noqa: UP045  number of devices (processes) for a distributed strategy
-    num_nodes: int = 1
-    strategy: str = "auto"
-    deterministic: Optional[bool] = None  # noqa: UP045
-    benchmark: Optional[bool] = None  # noqa: UP045
-    detect_anomaly: bool = False
+    num_nodes: int = 1  # machines for a distributed strategy
+    strategy: str = "auto"  # lightning.Trainer's strategy: auto, ddp, ...
+    deterministic: Optional[bool] = None  # noqa: UP045  lightning.Trainer's deterministic (null: its default)
+    benchmark: Optional[bool] = None  # noqa: UP045  lightning.Trainer's benchmark, cudnn autotuning (null: its default)
+    detect_anomaly: bool = False  # torch.autograd's anomaly detection (slow; finds where a NaN appears)
 
 
 @dataclass
 class OutputConfig:
-    root: str = "runs"
-    name: str = "train"
-    progress: bool = True
+    root: str = "runs"  # the run folder is <root>/<name>/version_<n>
+    name: str = "train"  # the run folder's parent under root
+    progress: bool = True  # show a progress bar
 
 
 @dataclass
 class RunConfig:
-    model: Any = kind_section("model", default="scalar_linear")
-    data: Any = kind_section("data")
+    model: Any = kind_section("model", default="scalar_linear")  # the model: a registered model kind; its keys follow
+    data: Any = kind_section("data")  # the data set: a registered data kind (null: the model kind's default); its keys
+    # follow
     loss: Optional[str] = None  # noqa: UP045  a name in shallownet.losses.LOSSES; null: the model's own
-    optim: Any = kind_section("process", default="gd", key="method")
+    optim: Any = kind_section("process", default="gd", key="method")  # the process: an optimiser or a flow, by name;
+    # its keys follow
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     monitor: Any = monitor_section()
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    choices = {"loss": tuple(LOSSES)}
     renamed = {"monitor.every_n_steps": "monitor.dynamics.every_n_steps"}  # old key -> what replaced it
 
 
@@ -352,7 +359,8 @@ def _kind_class(table: str, key: str, entry: Any, where: str = "") -> type:
            for f in dataclasses.fields(kind.schema)]
     # the choosing key first, so config.yaml reads "kind: mlp" (or "method: adam") at the top of its section
     return dataclasses.make_dataclass(f"{table.capitalize()}Section", [(key, str, field(default=name)), *own],
-                                      namespace={"kind_table": table, "kind_key": key})
+                                      namespace={"kind_table": table, "kind_key": key,
+                                                 "choices": getattr(kind.schema, "choices", {})})
 
 
 def _did_you_mean(word: Any, candidates: list[str]) -> str:
@@ -394,6 +402,17 @@ def check_against(schema: type, data: Any, prefix: str) -> None:
                 check_against(_kind_class(table, fields[key].metadata["key"], entry, where), entry, where + ".")
             continue
         _check_value(hints[key], value, full)
+        _check_choice(getattr(schema, "choices", {}).get(key), value, full)
+
+
+def _check_choice(choices: tuple | None, value: Any, key: str) -> None:
+    """A schema's `choices` ({field: allowed values}): refused on load with a close match, listed by --help
+    (the schemas' validate hooks check them again, for sections built in code)."""
+    if choices is None or value is None or (isinstance(value, str) and _REFERENCE.fullmatch(value)):
+        return
+    if value not in choices:
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}{_did_you_mean(value, choices)}, "
+                          f"got {value!r}")
 
 
 def _unknown(schema: type, key: str, full: str, prefix: str, fields: list[str]) -> str:
@@ -482,7 +501,6 @@ def validate_run(cfg: DictConfig) -> None:
     """Range checks of a RunConfig (types were checked on load); the kinds check their own sections through
     their schemas' `validate` hooks where they have one."""
     from shallownet import registry
-    from shallownet.losses import LOSSES
 
     for kind in (registry.model_kind(cfg.model.kind), registry.data_kind(cfg.data.kind)):
         check = getattr(kind.schema, "validate", None)
@@ -501,8 +519,8 @@ def validate_run(cfg: DictConfig) -> None:
             require(longest / t.time_unit < INT64, "train.time_unit",
                     "large enough that the x-axis (process time / time_unit) fits 64 bits", t.time_unit)
     require(t.tol > 0, "train.tol", "> 0", t.tol)
-    require(t.convergence is None or t.convergence in registry.CONVERGENCE, "train.convergence",
-            f"one of {', '.join(registry.CONVERGENCE)} or null", t.convergence)
+    require(t.convergence is None or t.convergence in CONVERGENCE, "train.convergence",
+            f"one of {', '.join(CONVERGENCE)} or null", t.convergence)
     require(t.divergence_norm > 0, "train.divergence_norm", "> 0", t.divergence_norm)
     require(t.chunk_size is None or t.chunk_size >= 1, "train.chunk_size", "an integer >= 1 or null", t.chunk_size)
     require(t.dtype in DTYPES, "train.dtype", f"one of {', '.join(DTYPES)}", t.dtype)

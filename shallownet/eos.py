@@ -22,7 +22,7 @@ NEAR = 0.95  # "at the threshold": governing sharpness / threshold >= NEAR
 
 @dataclass
 class EosConfig(CompareConfig):  # configs/eos.yaml shows these defaults
-    model: dict = kind_section("model", default="mlp")
+    model: dict = kind_section("model", default="mlp")  # the model: a registered model kind; its keys follow
     processes: List[Any] = kind_list("process", key="method", default=[  # noqa: UP006  2/eta = 6.7, 5, 4
         {"method": "gd", "lr": 0.3}, {"method": "gd", "lr": 0.4}, {"method": "gd", "lr": 0.5}])
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=800, tol=1.0e-4))

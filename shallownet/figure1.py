@@ -33,8 +33,8 @@ MAX_FLOW_STEPS = 10**6  # the flow path is drawn point by point (shallownet figu
 
 @dataclass
 class FigureOutput:
-    root: str = "runs"
-    name: str = "figure1"
+    root: str = "runs"  # the run folder is <root>/<name>/version_<n>
+    name: str = "figure1"  # the run folder's parent under root
 
 
 @dataclass
@@ -48,12 +48,13 @@ PROCESSES_HINT = "processes, a list like [{method: gd, lr: 0.1}, {method: flow, 
 
 @dataclass
 class Figure1Config:
-    phi: float = 1.0
-    inits: List[List[float]] = field(default_factory=lambda: [[1.9, -0.4], [0.3, -1.6]])  # noqa: UP006
-    processes: List[Any] = kind_list("process", key="method", default=[  # noqa: UP006
+    phi: float = 1.0  # the target Phi (> 0); the minima are the hyperbola ab = phi
+    inits: List[List[float]] = field(default_factory=lambda: [[1.9, -0.4], [0.3, -1.6]])  # noqa: UP006  initial points
+    # [a0, b0], one path per process from each
+    processes: List[Any] = kind_list("process", key="method", default=[  # noqa: UP006  the processes drawn
         {"method": "gd", "lr": 0.1}, {"method": "gd", "lr": 0.3}, {"method": "gd", "lr": 0.45},
-        {"method": "flow", "max_step": 0.02}])  # the flow's cap makes its drawn path (its own points) smooth
-    train: FigureTrainConfig = field(default_factory=FigureTrainConfig)
+        {"method": "flow", "max_step": 0.02}])  # (a flow needs max_step: its drawn path is its own points)
+    train: FigureTrainConfig = field(default_factory=FigureTrainConfig)  # the budget and tolerance of each path
     extent: float = 2.2  # the plot shows [-extent, extent]^2: both branches of ab = phi
     output: FigureOutput = field(default_factory=FigureOutput)
 

@@ -30,8 +30,8 @@ class DynamicsConfig:
 class SharpnessConfig:
     every_n_steps: int = 10  # curvature/* tags; 0: off
     tol: float = 1.0e-10  # relative residual |Hv - Sv| / |S| of the eigen-solver
-    max_iter: int = 1000
-    top_k: int = 1
+    max_iter: int = 1000  # eigen-solver iterations at most per measurement
+    top_k: int = 1  # top Hessian eigenvalues measured (curvature/eigenvalue_<i> when > 1)
 
     @staticmethod
     def validate(section, key: str) -> None:

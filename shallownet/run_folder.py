@@ -27,12 +27,18 @@ _SYSTEM = ("/proc", "/sys", "/dev")
 NAME_MAX = 255
 
 
+def next_run_dir(root: str | Path, name: str) -> Path:
+    """runs/<name>/version_<n> after the highest one there (created by new_run_dir; --print-config names it)."""
+    parent = Path(root) / name
+    taken = [int(p.name.split("_", 1)[1]) for p in parent.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
+    return parent / f"version_{max(taken, default=-1) + 1}"
+
+
 def new_run_dir(root: str | Path, name: str) -> Path:
     """Create and return the next free runs/<name>/version_<n> (mkdir is atomic, so never shared)."""
     parent = Path(root) / name
     parent.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name.split("_", 1)[1]) for p in parent.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
-    version = max(taken, default=-1) + 1
+    version = int(next_run_dir(root, name).name.split("_", 1)[1])
     while True:
         path = parent / f"version_{version}"
         try:

@@ -9,15 +9,24 @@ from shallownet.run_folder import check_output, provenance, start_run, write_jso
 SUMMARY = "several processes (GD step sizes, momentum, Adam, gradient flow, ...) from one init, with theory's limits"
 
 
+SCHEMA = CompareConfig
+
+
+def configure(config_path: str | None, overrides: list[str]):
+    """The validated config, and the existing run folder it continues (None: a new one)."""
+    cfg = load_config(SCHEMA, config_path, overrides)
+    validate_compare(cfg)
+    check_output(cfg.output)
+    return cfg, None
+
+
 def run(config_path: str | None, overrides: list[str]) -> int:
-    return execute(load_config(CompareConfig, config_path, overrides))
+    return execute(configure(config_path, overrides)[0])
 
 
 def execute(cfg, report=None) -> int:
-    """Check cfg, run the comparison in a new run folder and print its table; `report(cfg, run_dir,
-    result)` adds to the result (and prints) before summary.json is written (shallownet eos)."""
-    validate_compare(cfg)
-    check_output(cfg.output)
+    """Run the comparison of a validated cfg in a new run folder and print its table; `report(cfg,
+    run_dir, result)` adds to the result (and prints) before summary.json is written (shallownet eos)."""
     from shallownet import interrupt
     from shallownet.cli import exit_status
     from shallownet.compare import compare, format_table, run_config

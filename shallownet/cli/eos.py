@@ -4,14 +4,26 @@ governing sharpness of each process against its stability threshold, for several
 from __future__ import annotations
 
 from shallownet.cli.compare import execute
+from shallownet.compare import validate_compare
 from shallownet.config import load_config
 from shallownet.eos import EosConfig
+from shallownet.run_folder import check_output
 
 SUMMARY = "edge of stability on a real net: sharpness vs each process's threshold (configs/eos.yaml)"
 
 
+SCHEMA = EosConfig
+
+
+def configure(config_path: str | None, overrides: list[str]):
+    cfg = load_config(SCHEMA, config_path, overrides)
+    validate_compare(cfg)
+    check_output(cfg.output)
+    return cfg, None
+
+
 def run(config_path: str | None, overrides: list[str]) -> int:
-    return execute(load_config(EosConfig, config_path, overrides), report=report)
+    return execute(configure(config_path, overrides)[0], report=report)
 
 
 def report(cfg, run_dir, result: dict) -> None:

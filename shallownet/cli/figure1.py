@@ -8,12 +8,18 @@ from shallownet.run_folder import check_output, provenance, start_run, write_jso
 
 SUMMARY = "the paper's Figure 1: GD and GF paths in the (a, b) plane for d = 1 (defaults: configs/figure1.yaml)"
 
+SCHEMA = Figure1Config
+
+
+def configure(config_path: str | None, overrides: list[str]):
+    cfg = load_config(SCHEMA, config_path, overrides)
+    validate_figure1(cfg)
+    check_output(cfg.output)
+    return cfg, None
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
-    cfg = load_config(Figure1Config, config_path, overrides)
-    validate_figure1(cfg)
-    check_output(cfg.output)
+    cfg, _ = configure(config_path, overrides)
     from shallownet.figure1 import make_figure1
 
     run_dir = start_run(cfg)

@@ -9,10 +9,18 @@ from shallownet.sweep.grid import SweepConfig, validate
 SUMMARY = "GD over a grid of step size x initial scale, the paper's Figure 3 (defaults: configs/sweep.yaml)"
 
 
-def run(config_path: str | None, overrides: list[str]) -> int:
-    cfg = load_config(SweepConfig, config_path, overrides)
+SCHEMA = SweepConfig
+
+
+def configure(config_path: str | None, overrides: list[str]):
+    cfg = load_config(SCHEMA, config_path, overrides)
     validate(cfg)
     check_output(cfg.output)
+    return cfg, None
+
+
+def run(config_path: str | None, overrides: list[str]) -> int:
+    cfg, _ = configure(config_path, overrides)
     from shallownet.sweep.runner import run_sweep  # heavy imports only once the input is known good
 
     return run_sweep(cfg)

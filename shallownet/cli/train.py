@@ -25,6 +25,16 @@ RESUMABLE = ("starting", "interrupted", "max_steps", "max_time")
 RESUME_OVERRIDES = ("train.max_steps", "output.progress")
 
 
+SCHEMA = RunConfig
+
+
+def configure(config_path: str | None, overrides: list[str]):
+    """The validated config, and the folder to resume in (None for a new run)."""
+    cfg, resume_dir = load(config_path, overrides)
+    check_output(cfg.output)
+    return cfg, resume_dir
+
+
 def load(config_path: str | None, overrides: list[str]):
     """The validated config, and the folder to resume in (None for a new run)."""
     resume = [item.partition("=")[2] for item in overrides if item.startswith("train.resume=")]
@@ -53,8 +63,7 @@ def load(config_path: str | None, overrides: list[str]):
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
-    cfg, resume_dir = load(config_path, overrides)
-    check_output(cfg.output)
+    cfg, resume_dir = configure(config_path, overrides)
     from shallownet import distributed, interrupt, training  # heavy imports only once the input is known good
     from shallownet.cli import exit_status
 

@@ -40,7 +40,7 @@ class GDConfig:
 
 @dataclass
 class MomentumConfig:
-    lr: float = 0.1
+    lr: float = 0.1  # step size eta
     momentum: float = 0.9  # beta: buf <- beta buf + g, p <- p - lr buf
 
     @staticmethod
@@ -52,8 +52,8 @@ class MomentumConfig:
 @dataclass
 class RMSpropConfig:
     lr: float = 0.01  # torch.optim.RMSprop's defaults
-    alpha: float = 0.99
-    eps: float = 1.0e-8
+    alpha: float = 0.99  # smoothing constant of the squared-gradient average
+    eps: float = 1.0e-8  # added to the denominator
 
     @staticmethod
     def validate(section, prefix: str = "optim") -> None:
@@ -64,8 +64,9 @@ class RMSpropConfig:
 @dataclass
 class AdamConfig:
     lr: float = 0.001  # torch.optim.Adam's defaults
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # noqa: UP006
-    eps: float = 1.0e-8
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # noqa: UP006  [beta1, beta2]: decay of the first
+    # and second moment averages
+    eps: float = 1.0e-8  # added to the denominator
 
     @staticmethod
     def validate(section, prefix: str = "optim") -> None:
@@ -78,7 +79,7 @@ class AdamConfig:
 @dataclass
 class FlowConfig:
     rtol: float = 1.0e-10  # Dormand-Prince local error per coordinate <= atol + rtol |theta_i|
-    atol: float = 1.0e-12
+    atol: float = 1.0e-12  # absolute error tolerance of each step
     max_step: Optional[float] = None  # noqa: UP045  cap on the integration step (null: none)
 
     @staticmethod

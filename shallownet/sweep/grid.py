@@ -30,10 +30,12 @@ RESULT_BYTES_PER_RUN = 160  # the grid of results held in memory (and gathered o
 
 @dataclass
 class AxisConfig:
-    start: float
-    stop: float
-    num: int = 300
-    spacing: str = "log"
+    start: float  # first value (> 0)
+    stop: float  # last value
+    num: int = 300  # number of values
+    spacing: str = "log"  # log: geometric; linear: evenly spaced
+
+    choices = {"spacing": SPACINGS}
 
 
 @dataclass
@@ -45,46 +47,50 @@ class GridConfig:  # the paper's Figure 3: lr = 1/phi sits inside the range; lam
 @dataclass
 class SweepInitConfig:
     depth: int = 2  # 2: the shallow net of width `width`; L > 2: the depth-L scalar chain (width 1)
-    scheme: str = "imbalanced"
-    imbalance: float = 0.5
-    width: int = 10
-    seed: int = 0
+    scheme: str = "imbalanced"  # imbalanced | gaussian at depth 2 (as model.init.scheme of train); deeper: see the
+    # chain sweep's schemes
+    imbalance: float = 0.5  # Q(0) / lam(0) at depth 2; deeper: the spread q of the layer scales
+    width: int = 10  # width d of the shallow net (1 when depth > 2)
+    seed: int = 0  # random seed of the init
 
 
 @dataclass
 class SweepOptimConfig:
     """The process of every run: its step size is the grid's lr axis, so only the method and its other keys."""
 
-    method: str = "gd"  # gd | momentum | nesterov (torch.optim.SGD from zero velocity; depth 2 only)
+    method: str = "gd"  # momentum, nesterov: torch.optim.SGD from zero velocity, depth 2 only
     momentum: Optional[float] = None  # noqa: UP045  beta of momentum / nesterov (null: 0.9); null for gd
+
+    choices = {"method": SWEEP_METHODS}
 
 
 @dataclass
 class SweepTrainConfig:
-    max_steps: int = 20000
-    tol: float = 1.0e-8
-    divergence_norm: float = 1.0e12
+    max_steps: int = 20000  # steps at most per run
+    tol: float = 1.0e-8  # a run converged once |residual| <= tol
+    divergence_norm: float = 1.0e12  # a run diverged once lam = |a|^2 + |b|^2 exceeds this (or is not finite)
 
 
 @dataclass
 class EngineConfig:
-    backend: str = "numba"
-    device: str = "cpu"
-    chunk_size: int = 8192
-    memory_mb: float = 2048.0
+    backend: str = "numba"  # numba | torch | batched | cuda (depth 2, GD); chains: numba | torch | cuda; momentum:
+    # numba | torch
+    device: str = "cpu"  # cpu or cuda[:N] (the torch and cuda backends)
+    chunk_size: int = 8192  # runs simulated at once (lowered to fit memory_mb)
+    memory_mb: float = 2048.0  # working-memory budget for the runs in flight and the results
 
 
 @dataclass
 class SweepOutputConfig:
-    root: str = "runs"
-    name: str = "figure3"
-    tensorboard: bool = True
-    progress: bool = True
+    root: str = "runs"  # the run folder is <root>/<name>/version_<n>
+    name: str = "figure3"  # the run folder's parent under root
+    tensorboard: bool = True  # also write the figures and grids to TensorBoard
+    progress: bool = True  # show a progress bar
 
 
 @dataclass
 class SweepConfig:  # configs/sweep.yaml shows these defaults
-    phi: float = 1.0
+    phi: float = 1.0  # the target Phi (> 0)
     grid: GridConfig = field(default_factory=GridConfig)
     init: SweepInitConfig = field(default_factory=SweepInitConfig)
     optim: SweepOptimConfig = field(default_factory=SweepOptimConfig)

@@ -21,12 +21,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from shallownet.stop import StopRule
 from shallownet.sweep.engine import Runs
-from shallownet.sweep.momentum_kernel import FLUSH
-from shallownet.sweep.torch_paths import CHECK_EVERY, replay_until_stopped
+
+# torch, numba and the kernels are imported where a run is simulated: the sweep's config checks (and
+# `shallownet sweep --help`) read the constants below without them
 
 MOMENTUM_BACKENDS = ("numba", "torch")
 # Working memory per run while a chunk is simulated (float64 state, inputs, temporaries), for sizing chunks.
@@ -104,14 +104,18 @@ def _check(eta, beta, init_index, a0, b0, backend, device, chunk_size):
 
 
 def run_momentum_torch(u0, v0, eta, beta, phi, tol, divergence_norm, max_steps, *, nesterov=False, device="cpu",
-                       check_every=CHECK_EVERY):
+                       check_every=None):
     """The kernel's recursion as float64 torch tensors on `device`: final (alpha, mu, gamma, nu), max
     eta|eps_t| and steps (int64).
 
     One elementwise op per kernel in the kernel's order (no fusion, hence no FMA contraction): on any IEEE
     device it gives the numba kernel's bits. Stopped runs are frozen by a select, so checking only every
-    check_every steps whether all have stopped changes nothing.
+    check_every steps whether all have stopped changes nothing (None: torch_paths.CHECK_EVERY).
     """
+    import torch
+
+    from shallownet.sweep.torch_paths import CHECK_EVERY, replay_until_stopped
+
     def put(x):
         return torch.from_numpy(np.array(x, dtype=np.float64)).to(device)  # a copy: the state is written in place
 
@@ -121,12 +125,16 @@ def run_momentum_torch(u0, v0, eta, beta, phi, tol, divergence_norm, max_steps, 
     steps = torch.zeros(u0.shape, dtype=torch.int64, device=u0.device)
     zero = torch.zeros((), dtype=torch.float64, device=u0.device)
     state = (alpha, mu, gamma, nu, max_step, steps, u0, v0, eta, beta, phi, tol, divergence_norm, zero, nesterov)
-    replay_until_stopped(_steps, state, max_steps, check_every, u0.is_cuda)
+    replay_until_stopped(_steps, state, max_steps, CHECK_EVERY if check_every is None else check_every, u0.is_cuda)
     return alpha, mu, gamma, nu, max_step, steps
 
 
 def _steps(state, n):
     """n steps of the kernel's update, in place on (alpha, mu, gamma, nu, max_step, steps); the last mask."""
+    import torch
+
+    from shallownet.sweep.momentum_kernel import FLUSH
+
     alpha, mu, gamma, nu, max_step, steps, u0, v0, eta, beta, phi, tol, divergence_norm, zero, nesterov = state
     for _ in range(n):
         uu = alpha * alpha * u0

@@ -1,0 +1,1 @@
+"""A shallownet plugin in its own package: kinds.py registers (light), model.py builds (torch)."""

@@ -1,0 +1,94 @@
+"""Every script in examples/ runs, as a user would run it (a new process), with small settings, and does
+what its docstring says."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+EXAMPLES = REPO / "examples"
+PLUGIN_ENV = {"SHALLOWNET_PLUGINS": "tiny_plugin.kinds", "PYTHONPATH": str(EXAMPLES / "plugin_model")}
+
+
+def run(*args, env=None):
+    done = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          timeout=300, env={**os.environ, **(env or {})})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def only(folder, pattern):
+    (path,) = folder.glob(pattern)
+    return path
+
+
+def test_own_lightning_module(tmp_path):
+    out = run(EXAMPLES / "own_lightning_module.py", tmp_path, 20)
+    with only(tmp_path, "csv/version_0/metrics.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    sharpness = {int(r["step"]): float(r["curvature/sharpness"]) for r in rows if r.get("curvature/sharpness")}
+    assert sorted(sharpness) == [0, 5, 10, 15, 20]
+    assert any(r.get("dynamics/weight_norm") for r in rows)
+    threshold = {float(r["curvature/stability_threshold"]) for r in rows if r.get("curvature/stability_threshold")}
+    assert threshold == {4.0}  # 2 / lr for SGD at lr = 0.5
+    from shallownet import events
+
+    tags = events.load(only(tmp_path, "tensorboard/version_0")).Tags()
+    assert "curvature/sharpness" in tags["scalars"] and "dynamics/first_layer_row_norms" in tags["histograms"]
+    # the checkpoint kept is the flattest of the checked states (ModelCheckpoint saves at steps 5, 10, ...)
+    best = only(tmp_path, "checkpoints/*.ckpt")
+    best_step = min((s for s in sharpness if s > 0), key=sharpness.get)
+    assert best.name == f"flattest-step={best_step}.ckpt"
+    assert f"S = {sharpness[best_step]:.4g}" in out
+    assert torch.load(best, weights_only=False)["global_step"] == best_step
+
+
+def test_replot_sweep(tmp_path):
+    run("-m", "shallownet", "sweep", f"output.root={tmp_path}", "grid.lr.num=6", "grid.scale.num=5",
+        "train.max_steps=2000", "output.progress=false", "output.tensorboard=false")
+    folder = only(tmp_path, "figure3/version_0")
+    out = run(EXAMPLES / "replot_sweep.py", folder, tmp_path / "replot.png")
+    grid = np.load(folder / "grid.npz")
+    converged = np.count_nonzero(grid["outcome"] == list(grid["outcome_names"]).index("converged"))
+    assert f"converged  {converged:6d} of 30 runs" in out
+    ratio = grid["norm_gd_over_gf"][np.isfinite(grid["norm_gd_over_gf"])]
+    assert f"min {ratio.min():.4g}" in out and ratio.max() <= 1 + 1e-9
+    assert (tmp_path / "replot.png").stat().st_size > 10_000
+
+
+def test_read_compare(tmp_path):
+    run("-m", "shallownet", "compare", f"output.root={tmp_path}", "train.max_steps=40", "output.progress=false")
+    folder = only(tmp_path, "compare/version_0")
+    out = run(EXAMPLES / "read_compare.py", folder, tmp_path / "compare.png")
+    summary = json.loads((folder / "summary.json").read_text())
+    for row in summary["rows"]:
+        assert f"{row['run']:12s} {row['outcome']:10s} lam(T) = {row['final_norm']:.8g}" in out
+    assert f"lam_GF = {summary['theory']['norm_gf']:.8g}" in out
+    assert (tmp_path / "compare.png").stat().st_size > 10_000
+
+
+def test_plugin_model(tmp_path):
+    shallownet = ["-m", "shallownet", "train"]
+    run(*shallownet, "model.kind=diagonal", "model.phi=0.5", "optim.lr=0.05", "train.max_steps=500",
+        f"output.root={tmp_path}", "output.progress=false", env=PLUGIN_ENV)
+    folder = only(tmp_path, "train/version_0")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "converged"
+    with (folder / "metrics.csv").open(newline="") as file:
+        slopes = [float(r["dynamics/slope"]) for r in csv.DictReader(file) if r.get("dynamics/slope")]
+    assert slopes[-1] == pytest.approx(0.5, abs=1e-4)  # the plugin's quantities(), logged by the DynamicsMonitor
+    help_text = run(*shallownet, "--help", "model.kind=diagonal", env=PLUGIN_ENV)
+    assert "model.scale=0.5" in help_text and "every u_i and v_i starts at scale" in help_text
+    refused = subprocess.run([sys.executable, "-X", "importtime", *shallownet, "model.kind=diagonal", "model.scale=-1"],
+                             capture_output=True, text=True, cwd=REPO, env={**os.environ, **PLUGIN_ENV}, timeout=120)
+    assert refused.returncode == 2 and "config key 'model.scale' must be > 0" in refused.stderr
+    assert "| torch\n" not in refused.stderr  # refused by the light registration module, before torch
