@@ -1,14 +1,15 @@
 """Registry entries of the edge-of-stability literature's other architectures (light: no torch at import):
-model kind transformer (extensions/transformer.py). Omegaconf structured configs: no `from __future__ import
-annotations`.
+model kind transformer (extensions/transformer.py) and the algorithmic sequence data it trains on, generated
+from a seed (extensions/sequence_data.py): modular_addition, sorting, copying. Omegaconf structured configs:
+no `from __future__ import annotations`.
 """
 
 from dataclasses import dataclass
 from typing import Any, Optional  # noqa: UP035  (omegaconf reads typing.Optional)
 
-from extensions.real_kinds import LOSS, model_section
-from shallownet.checks import require
-from shallownet.registry import register_model
+from extensions.real_kinds import LOSS, data_section, model_section
+from shallownet.checks import require, require_memory
+from shallownet.registry import register_data, register_model
 
 POSITIONS = ("learned", "sinusoidal")
 
@@ -37,5 +38,48 @@ class TransformerConfig:
                 m.num_outputs)
 
 
+@dataclass
+class ModularAdditionConfig:
+    modulus: int = 23  # p: sequences (a, b, =) for all p^2 pairs, label (a + b) mod p
+    train_fraction: float = 0.5  # of the p^2 pairs, drawn with `seed`; the rest is the test split
+    seed: int = 0
+
+    @staticmethod
+    def validate(cfg: Any) -> None:
+        d = data_section(cfg)
+        require(2 <= d.modulus <= 4096, "data.modulus", "an integer in [2, 4096]", d.modulus)
+        require(0 < d.train_fraction <= 1 and round(d.train_fraction * d.modulus ** 2) >= 1, "data.train_fraction",
+                f"in (0, 1], at least one of the {d.modulus ** 2} pairs", d.train_fraction)
+
+
+MAX_SEQUENCES = 2 ** 62  # vocab^length distinct sequences are numbered in int64
+
+
+@dataclass
+class SequenceConfig:
+    vocab: int = 4  # tokens 0 .. vocab - 1 (centralflows' sorting task: 4 and 8)
+    length: int = 8  # of the sequence to sort / copy; the input is it plus the answer's first length - 1 tokens
+    n_train: int = 1000  # distinct sequences, drawn without replacement with `seed`
+    n_test: int = 500  # further distinct sequences (0: no test split)
+    seed: int = 0
+
+    @staticmethod
+    def validate(cfg: Any) -> None:
+        d = data_section(cfg)
+        require(d.vocab >= 2, "data.vocab", "an integer >= 2", d.vocab)
+        require(d.length >= 1, "data.length", "an integer >= 1", d.length)
+        require(d.vocab ** d.length <= MAX_SEQUENCES, "data.length",
+                f"such that data.vocab^data.length <= 2^62 (data.vocab={d.vocab})", d.length)
+        require(d.n_train >= 1, "data.n_train", "an integer >= 1", d.n_train)
+        require(d.n_test >= 0, "data.n_test", "an integer >= 0", d.n_test)
+        total = d.vocab ** d.length
+        require(d.n_train + d.n_test <= total, "data.n_train",
+                f"at most the {total} distinct sequences minus data.n_test={d.n_test}", d.n_train)
+        require_memory(8.0 * 6 * (d.n_train + d.n_test) * d.length, "the sequences (int64)", "data.n_train")
+
+
+register_data("modular_addition", ModularAdditionConfig, "extensions.sequence_data:load_modular_addition")
+register_data("sorting", SequenceConfig, "extensions.sequence_data:load_sorting")
+register_data("copying", SequenceConfig, "extensions.sequence_data:load_copying")
 register_model("transformer", TransformerConfig, "extensions.transformer:build_transformer",
                default_data="modular_addition", convergence="loss", loss=LOSS)
