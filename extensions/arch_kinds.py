@@ -1,13 +1,13 @@
 """Registry entries of the edge-of-stability literature's other architectures (light: no torch at import):
-model kind transformer (extensions/transformer.py) and the algorithmic sequence data it trains on, generated
-from a seed (extensions/sequence_data.py): modular_addition, sorting, copying. Omegaconf structured configs:
-no `from __future__ import annotations`.
+model kinds transformer (extensions/transformer.py) and resnet (extensions/resnet.py), and the algorithmic
+sequence data the transformer trains on, generated from a seed (extensions/sequence_data.py):
+modular_addition, sorting, copying. Omegaconf structured configs: no `from __future__ import annotations`.
 """
 
 from dataclasses import dataclass
 from typing import Any, Optional  # noqa: UP035  (omegaconf reads typing.Optional)
 
-from extensions.real_kinds import LOSS, data_section, model_section
+from extensions.real_kinds import DEFAULT_DATA, LOSS, data_section, model_section
 from shallownet.checks import require, require_memory
 from shallownet.registry import register_data, register_model
 
@@ -78,8 +78,29 @@ class SequenceConfig:
         require_memory(8.0 * 6 * (d.n_train + d.n_test) * d.length, "the sequences (int64)", "data.n_train")
 
 
+@dataclass
+class ResNetConfig:
+    depth: int = 3  # BasicBlocks per stage (ResNet-20: 3)
+    width: int = 16  # channels of the first stage, doubled at each next one
+    stages: int = 3  # the first block of stages 2.. halves the image
+    batch_norm: bool = False  # BatchNorm on full-batch statistics (and conv biases dropped)
+    seed: int = 0
+    num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
+
+    @staticmethod
+    def validate(cfg: Any) -> None:
+        m = model_section(cfg)
+        for key in ("depth", "width", "stages"):
+            require(m[key] >= 1, f"model.{key}", "an integer >= 1", m[key])
+        require(m.stages <= 8, "model.stages", "an integer in [1, 8] (the widths double per stage)", m.stages)
+        require(m.num_outputs is None or m.num_outputs >= 1, "model.num_outputs", "null or an integer >= 1",
+                m.num_outputs)
+
+
 register_data("modular_addition", ModularAdditionConfig, "extensions.sequence_data:load_modular_addition")
 register_data("sorting", SequenceConfig, "extensions.sequence_data:load_sorting")
 register_data("copying", SequenceConfig, "extensions.sequence_data:load_copying")
 register_model("transformer", TransformerConfig, "extensions.transformer:build_transformer",
                default_data="modular_addition", convergence="loss", loss=LOSS)
+register_model("resnet", ResNetConfig, "extensions.resnet:build_resnet", default_data=DEFAULT_DATA,
+               convergence="loss", loss=LOSS)
