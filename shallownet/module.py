@@ -149,7 +149,7 @@ class FullBatchModule(L.LightningModule):
             loss = sum(self.loss_fn(self.model(xc), yc) * w for xc, yc, w in self._chunks(x, y, total))
         if isinstance(loss, torch.Tensor):
             return loss
-        return torch.zeros((), dtype=next(self.model.parameters()).dtype, device=self.device)
+        return torch.zeros((), dtype=self._value_dtype(), device=self.device)
 
     def full_batch_loss(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         """The mean loss over all rows (chunked), without a graph: of the training set (over all ranks under
@@ -176,7 +176,7 @@ class FullBatchModule(L.LightningModule):
         the gradients, the loss and the ranks' stop requests."""
         for p in self.model.parameters():
             p.grad = None
-        total = torch.zeros((), dtype=self.data.x.dtype, device=self.device)
+        total = torch.zeros((), dtype=self._value_dtype(), device=self.device)
         with self._no_gradient_sync():
             for x, y, weight in self._chunks(self.data.x, self.data.y, self._total()):
                 loss = self.loss_fn(self.model(x), y) * weight
@@ -213,15 +213,21 @@ class FullBatchModule(L.LightningModule):
         if not callable(known):
             result["grad_norm"] = _euclidean_norm(grads)
         if "hits" in local:
-            result["accuracy"] = local["hits"].to(data.x.dtype) / self._total()
+            result["accuracy"] = local["hits"].to(self._value_dtype()) / self._total()
             if "test_hits" in local:
                 result["test_loss"] = local["test_loss"]
-                result["test_accuracy"] = local["test_hits"].to(data.x.dtype) / self._total(test=True)
+                result["test_accuracy"] = local["test_hits"].to(self._value_dtype()) / self._total(test=True)
         return result
 
+    def _value_dtype(self) -> torch.dtype:
+        """The dtype of losses and measurements: the parameters' (the inputs may be integer tokens)."""
+        return next(self.model.parameters()).dtype
+
     def _hits(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """How many rows the model classifies right (an integer tensor)."""
-        hits = sum((self.model(xc).argmax(dim=-1) == yc).sum() for xc, yc, _ in self._chunks(x, y))
+        """How many rows the model classifies right (an integer tensor); a row with several labels (a
+        sequence's answers) is right when all of them are."""
+        hits = sum((self.model(xc).argmax(dim=-1) == yc).reshape(len(yc), -1).all(dim=1).sum()
+                   for xc, yc, _ in self._chunks(x, y))
         return torch.as_tensor(hits, device=self.device)
 
     def _squared_norm(self) -> torch.Tensor:

@@ -20,6 +20,10 @@ SMALL = {  # a few-second run of each registered kind
     "cnn": ["model.channels=[4,4]", "data.n_train=100", "data.n_test=50", "optim.lr=0.5"],
     "vgg": ["model.channels=[2,4]", "model.hidden=8", "model.batch_norm=true", "data.n_train=60",
             "data.n_test=50", "optim.lr=0.2"],
+    "resnet": ["model.depth=1", "model.width=4", "model.stages=2", "model.batch_norm=true", "data.n_train=60",
+               "data.n_test=50", "optim.lr=0.1"],
+    "transformer": ["model.layers=1", "model.d_model=8", "model.heads=2", "model.mlp_width=16", "data.modulus=5",
+                    "optim.lr=0.1"],
 }
 
 

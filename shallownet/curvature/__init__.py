@@ -6,12 +6,16 @@
     result = top_eigenvalue(op, result.vector)        # warm start after the parameters moved
     top3 = lanczos(op, k=3)                           # repeated eigenvalues as often as they occur
     tracker = EigenTracker(k=1); tracker.solve(op)    # warm starts along a trajectory, done for you
+    estimate = density(op); estimate.smoothed()       # spectral density, stochastic Lanczos quadrature
+    block_sharpness(op, "stage2")                     # top eigenvalue of H restricted to stage2.*'s parameters
 
 Measuring leaves the run alone: products draw nothing from the global random stream (one fixed dropout
 mask per operator) and never update buffers (BatchNorm running statistics).
 """
 
+from shallownet.curvature.blocks import BlockOperator, block_sharpness, parameter_blocks
 from shallownet.curvature.dense import dense_hessian
+from shallownet.curvature.density import DensityEstimate, density
 from shallownet.curvature.eigen import EigenResult, lanczos, power_iteration, top_eigenvalue
 from shallownet.curvature.operators import METHODS, HessianOperator, flat_parameters, trainable_parameters
 from shallownet.curvature.trace import TraceEstimate, hutchinson
@@ -19,14 +23,19 @@ from shallownet.curvature.tracking import EigenTracker
 
 __all__ = [
     "METHODS",
+    "BlockOperator",
+    "DensityEstimate",
     "EigenResult",
     "EigenTracker",
     "HessianOperator",
     "TraceEstimate",
+    "block_sharpness",
     "dense_hessian",
+    "density",
     "flat_parameters",
     "hutchinson",
     "lanczos",
+    "parameter_blocks",
     "power_iteration",
     "top_eigenvalue",
     "trainable_parameters",
