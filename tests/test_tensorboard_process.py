@@ -23,7 +23,8 @@ from tests.conftest import read_summary
 
 SCALARS = ["dynamics/loss", "dynamics/residual", "dynamics/norm", "dynamics/imbalance", "dynamics/imbalance_norm",
            "dynamics/imbalance_ratio", "curvature/sharpness", "curvature/stability_threshold",
-           "curvature/sharpness_x_lr", "curvature/hvp_count", "curvature/residual"]
+           "curvature/sharpness_x_lr", "curvature/sharpness_over_threshold", "curvature/hvp_count",
+           "curvature/residual", "process/step", "process/time"]  # docs/tags.md's shallow-net table, GD defaults
 HISTOGRAMS = ["dynamics/imbalance_per_unit"]
 HOST = "127.0.0.1"
 STARTUP_S = 60
