@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, run on a CUDA machine from the repository root (a few minutes):
 #   bash benchmarks/gpu_check.sh
-# It runs the CUDA-marked tests, one CUDA training run and the GPU benchmarks. Wheels in .whl/ supply packages
+# It runs the CUDA-marked tests, one CUDA training run, the GPU edge-of-stability run and the GPU benchmarks. Wheels in .whl/ supply packages
 # the machine lacks (omegaconf on the lent GPU machines, which have no network): make them here first with
 # `bash benchmarks/gpu_wheels.sh` and carry .whl.
 set -uo pipefail
@@ -11,13 +11,14 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-export SHALLOWNET_PLUGINS="extensions.deep_linear,extensions.real_models,extensions.balance,extensions.deep_monitor"  # not pip-installed
+export SHALLOWNET_PLUGINS="extensions.deep_kinds,extensions.real_kinds,extensions.arch_kinds"  # not pip-installed
 status=0
 step() { echo; echo "=== $*"; "$@" || status=1; }
 
 step nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 step python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
-step python3 -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests
+step python3 -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests   # CUDA = CPU runs, LayerNorm third derivatives
+step python3 -m pytest -m cuda -q -s -p no:cacheprovider -o addopts="" tests/test_transformer.py   # prints torch's own
 step python3 -m shallownet train configs/train.yaml train.device=cuda output.root=/tmp/gpu_runs
 step python3 benchmarks/bench_sweep.py --device cuda --skip-end-to-end
 step python3 benchmarks/bench_curvature_gpu.py

@@ -8,7 +8,8 @@ import re
 from tests.conftest import REPO
 
 FOLDERS = ("docs", "shallownet", "extensions", "tests", "benchmarks", "configs", "examples", ".ci")
-REFERENCE = re.compile(r"(?<![\w/.-])((?:%s)/[\w./-]+\.(?:py|md|yaml|sh|png|toml))" % "|".join(map(re.escape, FOLDERS)))
+ROOTS = "|".join(map(re.escape, FOLDERS))
+REFERENCE = re.compile(rf"(?<![\w/.-])((?:{ROOTS})/[\w./-]+\.(?:py|md|yaml|sh|png|toml))")
 SOURCES = ["README.md", "CHANGELOG.md", "mkdocs.yml", *FOLDERS]
 
 

@@ -69,6 +69,33 @@ def test_layer_norm_equals_torch_and_has_exact_third_derivatives():
     assert (torch_forward - torch_reverse).abs().max() > 1e-3 or (torch_reverse - reverse).abs().max() > 1e-3
 
 
+@pytest.mark.cuda
+def test_layer_norm_third_derivatives_on_cuda(capsys):
+    """The written-out LayerNorm on CUDA: forward and reverse third derivatives agree and equal the CPU's;
+    torch's own LayerNorm's disagreement on CUDA is printed for gpu_check.sh's report."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    scale = torch.randn(6, generator=g, dtype=torch.float64)
+    ours = LayerNorm(6, dtype=torch.float64)
+    theirs = torch.nn.LayerNorm(6, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+
+    def third(norm, device):
+        xd, sd, nd = x.to(device), scale.to(device), norm.to(device)
+        f = lambda s: nd(xd * s).sin().sum()  # noqa: E731
+        return jacrev(jacrev(jacrev(f)))(sd).cpu(), jacfwd(jacfwd(jacfwd(f)))(sd).cpu()
+
+    cpu_reverse, _ = third(ours, "cpu")
+    reverse, forward = third(ours, "cuda")
+    torch.testing.assert_close(forward, reverse, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(reverse, cpu_reverse, rtol=1e-10, atol=1e-10)
+    torch_reverse, torch_forward = third(theirs, "cuda")
+    with capsys.disabled():
+        modes, exact = (torch_forward - torch_reverse).abs().max(), (torch_reverse - reverse).abs().max()
+        print(f"\ntorch.nn.LayerNorm on CUDA, third derivatives: forward - reverse {float(modes):.2e}, "
+              f"reverse - exact {float(exact):.2e}")
+
+
 def test_sinusoidal_positions():
     table = sinusoidal(5, 6, torch.float64)
     assert table.shape == (5, 6)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from shallownet.curvature.operators import WrappedOperator
 
-class ShardedHessianOperator:
+
+class ShardedHessianOperator(WrappedOperator):
     """v -> H v for the loss over the data of all ranks, from each rank's operator over its shard.
 
     `operator` is a HessianOperator (mean-reduced loss) on this rank's rows of the data; the full-batch
@@ -19,24 +21,9 @@ class ShardedHessianOperator:
     """
 
     def __init__(self, operator, rows: int, total: int):
-        self.operator, self.rows, self.total = operator, rows, total
+        super().__init__(operator)
+        self.rows, self.total = rows, total
         self.weight = rows / total
-
-    @property
-    def model(self):
-        return self.operator.model
-
-    @property
-    def dim(self) -> int:
-        return self.operator.dim
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.operator.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.operator.device
 
     def __call__(self, vector: torch.Tensor) -> torch.Tensor:
         product = self.operator(vector) * self.weight

@@ -339,19 +339,12 @@ class HessianOperator:
         return self._pass(chunk)
 
 
-class PreconditionedOperator:
-    """v -> P^-1/2 H P^-1/2 v for a positive diagonal P (flat, like the parameters): its eigenvalues are those
-    of P^-1 H, the preconditioned sharpness that governs an adaptive optimizer's stability (Cohen et al. 2022),
-    and it is symmetric, so the Lanczos solvers take it as they take H."""
+class WrappedOperator:
+    """An operator built on another one (its `operator`), for the same model, dimension, dtype and device:
+    the solvers ask every operator for these."""
 
-    def __init__(self, operator, diagonal: torch.Tensor):
-        if diagonal.shape != (operator.dim,):
-            raise ValueError(f"the preconditioner must be flat with {operator.dim} entries, got "
-                             f"{tuple(diagonal.shape)}")
-        if not bool((diagonal > 0).all()):
-            raise ValueError("the preconditioner must be positive")
+    def __init__(self, operator):
         self.operator = operator
-        self.scale = diagonal.to(operator.dtype).rsqrt()
 
     @property
     def model(self):
@@ -368,6 +361,21 @@ class PreconditionedOperator:
     @property
     def device(self) -> torch.device:
         return self.operator.device
+
+
+class PreconditionedOperator(WrappedOperator):
+    """v -> P^-1/2 H P^-1/2 v for a positive diagonal P (flat, like the parameters): its eigenvalues are those
+    of P^-1 H, the preconditioned sharpness that governs an adaptive optimizer's stability (Cohen et al. 2022),
+    and it is symmetric, so the Lanczos solvers take it as they take H."""
+
+    def __init__(self, operator, diagonal: torch.Tensor):
+        if diagonal.shape != (operator.dim,):
+            raise ValueError(f"the preconditioner must be flat with {operator.dim} entries, got "
+                             f"{tuple(diagonal.shape)}")
+        if not bool((diagonal > 0).all()):
+            raise ValueError("the preconditioner must be positive")
+        super().__init__(operator)
+        self.scale = diagonal.to(operator.dtype).rsqrt()
 
     def __call__(self, vector: torch.Tensor) -> torch.Tensor:
         return self.scale * self.operator(self.scale * vector)
