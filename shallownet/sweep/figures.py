@@ -12,11 +12,11 @@ import matplotlib
 import numpy as np
 from matplotlib import patheffects
 from matplotlib.colors import ListedColormap, LogNorm, SymLogNorm, TwoSlopeNorm
-from matplotlib.figure import Figure  # not pyplot: no global state, no GUI backend
 from matplotlib.legend_handler import HandlerTuple
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from shallownet.plots import new_figure
 from shallownet.sweep.engine import CONVERGED, DIVERGED, MAX_STEPS
 from shallownet.sweep.results import SweptProcess
 
@@ -34,7 +34,7 @@ NEAR_OVERLAP = 0.1  # the Theorem-1 and 2/lam_GF curves "overlap" where within 1
 def figure3(recs: dict, phi: float, max_steps: int, tol: float, process: SweptProcess):
     """Left: Q(T)/Q(0); right: steps to reach |eps| <= tol. Diverged and unconverged cells marked the same
     way on both maps; the steps' colour limits are their 1st-99th percentiles (arrows on the bar: cells beyond)."""
-    fig = Figure(figsize=(13, 6.2), layout="constrained")
+    fig = new_figure((13, 6.2))
     left, right = fig.subplots(1, 2)
     outcome = recs["outcome"]
 
@@ -71,7 +71,7 @@ def figure3(recs: dict, phi: float, max_steps: int, tol: float, process: SweptPr
         mark_cells(ax, recs, zero, ZERO_STEPS_COLOUR)
         _eta_lambda0_lines(ax, recs, labels=ax is left)
         _theory_lines(ax, recs, phi, process)
-        _mark_start_on_minimum(ax, recs)
+        mark_start_on_minimum(ax, recs)
     handles, _ = right.get_legend_handles_labels()
     handles += [Patch(color=DIVERGED_COLOUR, label="diverged"),
                 Patch(facecolor=MAX_STEPS_COLOUR, hatch=MAX_STEPS_HATCH, edgecolor="0.2",
@@ -102,7 +102,7 @@ def extension(values: np.ndarray, vmin: float, vmax: float) -> str:
 def sharpness_panel(recs: dict, phi: float, process: SweptProcess):
     """Final sharpness versus eta for a few initial scales, against lam_GF, 2/eta and 2 phi; the legend
     outside the axes, every per-scale mark in its scale's colour (legend entries show all the colours)."""
-    fig = Figure(figsize=(10, 5.2), layout="constrained")
+    fig = new_figure((10, 5.2))
     ax = fig.subplots()
     eta, scale = recs["eta"], recs["scale"]
     rows = np.unique(np.linspace(0, scale.size - 1, N_SHARPNESS_CURVES).round().astype(int))
@@ -197,8 +197,8 @@ def _theory_lines(ax, recs, phi, process: SweptProcess):
     ax.axvline(c / (2 * phi), color="magenta", lw=1.6, ls=":", label=f"η = {c / 2:.3g}/Φ")
 
 
-def _mark_start_on_minimum(ax, recs):
-    """The scale whose start lies on the minima ab = Phi (eps(0) = 0, from the sign change of eps(0)),
+def mark_start_on_minimum(ax, recs):
+    """The scale whose start lies on the minima (eps(0) = 0, from the sign change of eps(0) between rows),
     arrowheads at both edges: runs from near there need fewer steps (|eps(0)| small), a thin line of fewer
     steps across the right map that is data, not an artefact."""
     eps0, scale = recs["residual0"], recs["scale"]
