@@ -220,10 +220,15 @@ def log_axis(ax, which, values):
 
 
 def readable_log_ticks(axis, low, high):
-    """Ticks at 1, 2, 5 x 10^k over wide ranges, denser over ranges of about a decade or less, labelled
+    """Ticks at 1, 2, 5 x 10^k over a few decades (10^k only beyond 4), denser over a decade or less, labelled
     0.1, 0.2, 0.5 rather than 10^-1 (readable in a paper)."""
     decades = np.log10(high / low) if low > 0 and high > low else 1.0
-    subs = (1.0, 2.0, 5.0) if decades > 1.6 else (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+    if decades > 4:  # powers of ten only (LogLocator thins 1, 2, 5 over many decades to nothing)
+        subs = (1.0,)
+    elif decades > 1.6:
+        subs = (1.0, 2.0, 5.0)
+    else:
+        subs = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
     axis.set_major_locator(LogLocator(base=10.0, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     axis.set_minor_formatter(NullFormatter())
