@@ -10,6 +10,7 @@ close to its threshold the sharpness hovers once it has reached it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List  # noqa: UP035 (omegaconf reads typing.List only)
 
 import numpy as np
@@ -47,22 +48,47 @@ def hovering(times: np.ndarray, ratio: np.ndarray) -> dict:
             "max": float(after.max())}
 
 
+def what_was_found(row: dict) -> str:
+    """One line for the legend from the row's outcome and hovering (shallownet eos prints the long form)."""
+    hover = row.get("hovering")
+    if row["outcome"] == "diverged":
+        return f"diverged at t = {row['time']:.3g}"
+    if not hover:
+        return row["outcome"]
+    if hover["reached_at"] is None:
+        return f"stayed below {NEAR:g} x threshold (max {hover['max_before']:.2f} x)"
+    return f"at {NEAR:g} x threshold from t = {hover['reached_at']:.3g}, then {hover['median']:.3f} x (median)"
+
+
+def what_was_run(run_dir) -> str:
+    """'mlp [100] on digits, full batch, at most 800 steps' from the run folder's config.yaml."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
+    model = cfg.model.kind + (f" {list(cfg.model.widths)}" if cfg.model.get("widths") is not None else "")
+    return f"{model} on {cfg.data.kind}, full batch, at most {cfg.train.max_steps} steps"
+
+
 def eos_figure(run_dir, result: dict):
     """The governing sharpness (the preconditioned one for adaptive processes) with each process's threshold
     (dashed), and the loss, against each process's own step count (processes of different clocks and
-    thresholds side by side: a log sharpness axis when the thresholds span more than a decade)."""
+    thresholds side by side: a log sharpness axis when the thresholds span more than a decade). Titles say
+    what was run; the legend says what each process did (rows' `hovering`, set by the eos report)."""
     import matplotlib
-    from matplotlib.figure import Figure
+    from matplotlib.legend_handler import HandlerTuple
 
     from shallownet.events import read_metrics
+    from shallownet.plots import new_figure
+    from shallownet.sweep.figures import readable_log_ticks
 
-    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    fig = new_figure((13, 5.2))
     sharp_ax, loss_ax = fig.subplots(1, 2)
     rows = result["rows"]
     colours = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(rows)))
     thresholds = [row["stability_threshold"] for row in rows if row["stability_threshold"] is not None]
+    dashed = []
     for row, colour in zip(rows, colours, strict=True):
-        metrics = read_metrics(run_dir / row["run"])
+        metrics = read_metrics(Path(run_dir) / row["run"])
         axis, steps = metrics["process/step"]  # x-axis point -> the sub-run's own step count
 
         def step_of(x, axis=axis, steps=steps):
@@ -72,17 +98,36 @@ def eos_figure(run_dir, result: dict):
             else "curvature/sharpness"
         if tag in metrics:
             x, sharpness = metrics[tag]
-            sharp_ax.plot(step_of(x), sharpness, color=colour, lw=1.4, marker=".", ms=4, label=row["run"])
+            sharp_ax.plot(step_of(x), sharpness, color=colour, lw=1.4, marker="o", ms=4,
+                          label=f"{row['run']}: {what_was_found(row)}")
         if row["stability_threshold"] is not None:
-            sharp_ax.axhline(row["stability_threshold"], color=colour, ls="--", lw=1.0)
+            dashed.append(sharp_ax.axhline(row["stability_threshold"], color=colour, ls="--", lw=1.0))
         x, loss = metrics["dynamics/loss"]
-        loss_ax.plot(step_of(x), loss, color=colour, lw=1.2, label=row["run"])
+        loss_ax.plot(step_of(x), loss, color=colour, lw=1.2, label=f"{row['run']}: {row['outcome']}")
     if thresholds and max(thresholds) > 10 * min(thresholds):
         sharp_ax.set_yscale("log")
+    ran = what_was_run(run_dir)
     sharp_ax.set(xlabel="step", ylabel="governing sharpness (preconditioned for rmsprop, adam)",
-                 title=f"{result['model']}, full batch: sharpness per process (dashed: its threshold)")
-    loss_ax.set(xlabel="step", ylabel="train loss", yscale="log", title=f"{result['model']}, full batch: train loss")
+                 title=f"{ran}\nsharpness at the samples (dots); dashed: each process's threshold")
+    loss_ax.set(xlabel="step", ylabel="train loss", yscale="log", title=f"{ran}\ntrain loss")
+    handles, labels = sharp_ax.get_legend_handles_labels()
+    if dashed:
+        handles.append(tuple(dashed))
+        labels.append("stability threshold (2/η for GD), each in its colour")
+    sharp_ax.legend(handles, labels, fontsize="small", handler_map={tuple: HandlerTuple(ndivide=None, pad=0.0)})
+    loss_ax.legend(fontsize="small")
+    readable_log_ticks(loss_ax.yaxis, *loss_ax.get_ylim())
     for ax in (sharp_ax, loss_ax):
-        ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
     return fig
+
+
+def save_eos_figure(run_dir, result: dict) -> None:
+    """eos.png in run_dir and the same image in TensorBoard (tag `eos`), as the other commands' figures."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from shallownet.plots import save_figure
+
+    with SummaryWriter(str(run_dir)) as writer:
+        save_figure(eos_figure(run_dir, result), Path(run_dir) / "eos.png", writer, "eos", dpi=120)
+    result.setdefault("figures", []).append("eos.png")

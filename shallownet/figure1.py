@@ -165,17 +165,19 @@ def legend_label(label: str) -> str:
 def draw(cfg: DictConfig, records: list[dict]):
     """Figure 1: the (a, b) plane with the minima, the hyperbolas a^2 - b^2 = c and the paths."""
     import matplotlib
+    from matplotlib.lines import Line2D
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from shallownet.plots import new_figure
 
     phi, ext = cfg.phi, cfg.extent
-    fig, ax = plt.subplots(figsize=(7.5, 7.5), dpi=150)
+    fig = new_figure((7.5, 7.9))
+    ax = fig.subplots()
     grid = np.linspace(-ext, ext, 801)
     aa, bb = np.meshgrid(grid, grid)
     # the family of GF paths: hyperbolas a^2 - b^2 = c (faint); c = 0 is the balanced line a = b
     ax.contour(aa, bb, aa * aa - bb * bb, levels=np.linspace(-4, 4, 17), colors="0.85", linewidths=0.6,
                linestyles="solid", zorder=0)
+    ax.plot([], [], color="0.8", lw=0.8, label="a² − b² = c, c = −4, −3.5, …, 4 (gradient flow keeps c)")
     ax.axhline(0, color="0.75", lw=0.5, zorder=0)
     ax.axvline(0, color="0.75", lw=0.5, zorder=0)
     ax.plot(grid, grid, color="0.55", lw=0.8, ls=":", zorder=1, label="balanced a = b (flattest minima)")
@@ -183,7 +185,7 @@ def draw(cfg: DictConfig, records: list[dict]):
         branch = sign * np.linspace(phi / ext, ext, 400)
         ax.plot(branch, phi / branch, color="k", lw=2.2, zorder=2, label="minima ab = \u03a6" if sign > 0 else None)
     discrete = list(dict.fromkeys(r["process"] for r in records if not r["flow"]))
-    colors = dict(zip(discrete, plt.get_cmap("plasma")(np.linspace(0.1, 0.8, len(discrete))), strict=True))
+    colors = dict(zip(discrete, matplotlib.colormaps["plasma"](np.linspace(0.1, 0.8, len(discrete))), strict=True))
     labelled = set()
     for record in records:
         (a0, b0), name, path = record["init"], record["process"], record["path"]
@@ -197,20 +199,25 @@ def draw(cfg: DictConfig, records: list[dict]):
             ax.plot(path[:, 0], path[:, 1], color="tab:green", lw=1.4, alpha=0.8, zorder=3,
                     label=None if label is None else label + " (on its hyperbola, dotted)")
             a_gf, b_gf = theory.gf_limit([a0], [b0], phi)
-            ax.plot(a_gf, b_gf, marker="*", ms=11, color="tab:green", mec="k", zorder=5)
+            # a large open star under the paths' end points: a discrete limit close to it (GD at a small step
+            # ends within a few hundredths) shows inside the star instead of being hidden by it
+            ax.plot(a_gf, b_gf, marker="*", ms=22, mfc="none", mec="tab:green", mew=1.6, zorder=5)
             ax.plot(a0, b0, marker="o", ms=9, color="w", mec="k", mew=1.5, zorder=7)
             continue
         shown = path[np.abs(path).max(axis=1) < 10 * ext]  # a diverging path leaves the frame: stop there
         ax.plot(shown[:, 0], shown[:, 1], color=colors[name], lw=1.1, marker="o", ms=3.0, zorder=4, label=label)
         if record["outcome"] == CONVERGED:
-            ax.plot(*path[-1], marker="D", ms=5, color=colors[name], mec="k", zorder=6)
-    ax.plot([], [], ls="none", marker="*", ms=10, color="tab:green", mec="k",
-            label="limits: GF \u2605 (closed form), discrete paths \u25c6 (last point); start \u25cb")
+            ax.plot(*path[-1], marker="D", ms=5, color=colors[name], mec="k", zorder=9)
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], ls="none", marker="*", ms=14, mfc="none", mec="tab:green", mew=1.6,
+                       label="GF limit (closed form, theory.md section 4)"),
+                Line2D([], [], ls="none", marker="D", ms=5, color="0.6", mec="k",
+                       label="discrete path's last point (its colour)"),
+                Line2D([], [], ls="none", marker="o", ms=8, color="w", mec="k", mew=1.5, label="start")]
     ax.set(xlim=(-ext, ext), ylim=(-ext, ext), aspect="equal", xlabel="a", ylabel="b",
            title=textwrap.fill(f"{what_was_run(records)} from {len(cfg.inits)} starts", 64) + "\n"
                  f"d = 1, loss \u00bd(ab \u2212 \u03a6)\u00b2, \u03a6 = {phi:g}, at most {cfg.train.max_steps} steps")
-    ax.legend(loc="upper left", fontsize=8, framealpha=0.95)
-    fig.tight_layout()
+    ax.legend(handles=handles, loc="upper left", fontsize=7.5, framealpha=0.95)
     return fig
 
 

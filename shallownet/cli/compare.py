@@ -41,6 +41,10 @@ def execute(cfg, report=None) -> int:
     status = "interrupted" if any(row["outcome"] == "interrupted" for row in result["rows"]) else "done"
     result.update(status=status, provenance=provenance())
     print(format_table(result))
+    from shallownet.compare_figure import save_compare_figure
+
+    result["figures"] = [save_compare_figure(run_dir, result)]
+    print(f"figure: {run_dir / 'compare.png'}")
     if report is not None:
         report(cfg, run_dir, result)
     write_json(run_dir / "summary.json", result)

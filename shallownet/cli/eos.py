@@ -28,9 +28,8 @@ def run(config_path: str | None, overrides: list[str]) -> int:
 
 def report(cfg, run_dir, result: dict) -> None:
     """How close to its threshold each process's governing sharpness hovers, and eos.png."""
-    from shallownet.eos import NEAR, eos_figure, hovering
+    from shallownet.eos import NEAR, hovering, save_eos_figure
     from shallownet.events import read_metrics
-    from shallownet.plots import save_figure
     from shallownet.stop import DIVERGED
 
     unit = result["time_unit"]
@@ -48,6 +47,6 @@ def report(cfg, run_dir, result: dict) -> None:
                   f"{hover['max']:.3f})")
         else:
             print(f"{row['run']}: the sharpness stayed below its threshold (at most {hover['max_before']:.3f} of it)")
-    save_figure(eos_figure(run_dir, result), run_dir / "eos.png", dpi=120)
+    save_eos_figure(run_dir, result)
     result["figure"] = "eos.png"
     print(f"figure: {run_dir / 'eos.png'}")

@@ -10,100 +10,134 @@ from __future__ import annotations
 
 import matplotlib
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.colors import ListedColormap, LogNorm, SymLogNorm, TwoSlopeNorm
-from matplotlib.figure import Figure  # not pyplot: no global state, no GUI backend
+from matplotlib.legend_handler import HandlerTuple
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from shallownet.plots import new_figure
 from shallownet.sweep.engine import CONVERGED, DIVERGED, MAX_STEPS
 from shallownet.sweep.results import SweptProcess
 
 DIVERGED_COLOUR = "black"
-MAX_STEPS_COLOUR = "#d9d9d9"
+MAX_STEPS_COLOUR = "#a6a6a6"  # mid grey, hatched on both maps: apart from white (P = 0 on the left)
+MAX_STEPS_HATCH = "///"
+ZERO_STEPS_COLOUR = "#e7298a"  # runs that start converged (0 steps, off a log scale)
+ROBUST_PERCENTILES = (1.0, 99.0)  # colour-bar limits: a few isolated cells must not set the whole scale
 N_SHARPNESS_CURVES = 5
 MAP_YLABEL = "initial scale s  (λ(0) = 2 s² for the imbalanced init)"
 ETA_LAMBDA0 = (0.5, 1.0, 2.0)  # lines of constant eta * lambda(0): the caption reasons in this product
+NEAR_OVERLAP = 0.1  # the Theorem-1 and 2/lam_GF curves "overlap" where within 10% of each other
 
 
 def figure3(recs: dict, phi: float, max_steps: int, tol: float, process: SweptProcess):
-    """Left: Q(T)/Q(0); right: steps to reach |eps| <= tol. Diverged and unconverged cells marked."""
-    fig = Figure(figsize=(13, 5.6), layout="constrained")
+    """Left: Q(T)/Q(0); right: steps to reach |eps| <= tol. Diverged and unconverged cells marked the same
+    way on both maps; the steps' colour limits are their 1st-99th percentiles (arrows on the bar: cells beyond)."""
+    fig = new_figure((13, 6.2))
     left, right = fig.subplots(1, 2)
     outcome = recs["outcome"]
 
-    ratio = np.ma.masked_where(outcome == DIVERGED, recs["imbalance_ratio"])
+    # The state at T of a run that did not converge is no result. The full range of P is kept (its extremes
+    # are the result: an imbalance flipped or grown); only the steps map below takes robust limits.
+    ratio = np.ma.masked_where(outcome != CONVERGED, recs["imbalance_ratio"])
     low = min(float(ratio.min()), -1e-3) if ratio.count() else -1.0
     high = float(ratio.max()) if ratio.count() else 1.0
-    if high <= 1.0:  # GD: P <= 1 always, and the interest is in [low, 1]
+    if process.is_gd:  # P <= 1 always, and the interest is in [low, 1]
         norm = TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=1.0)
     else:  # momentum can grow |Q| many-fold as well: linear inside [-1, 1], logarithmic beyond
-        norm = SymLogNorm(linthresh=1.0, vmin=-max(-low, high), vmax=max(-low, high))
+        bound = max(-low, high, 1.0)
+        norm = SymLogNorm(linthresh=1.0, vmin=-bound, vmax=bound)
     mesh = draw_map(left, recs, ratio, "RdBu_r", norm, MAP_YLABEL)
-    fig.colorbar(mesh, ax=left, label="Q(T) / Q(0)" + (" = P" if process.is_gd else " = α_T γ_T"))
-    hatch_cells(left, recs, outcome == MAX_STEPS)  # P there is the state at T, often about 0: not white's 0
+    fig.colorbar(mesh, ax=left,
+                 label="Q(T) / Q(0)" + (" = P" if process.is_gd else " = α_T γ_T") + "  (white: 0, collapsed)")
     left.set_title("imbalance kept by GD: Q(T)/Q(0) = Π (1 − η² ε_t²)" if process.is_gd
                    else f"imbalance kept by {process.name}: Q(T)/Q(0)")
 
-    steps = np.ma.masked_where(outcome != CONVERGED, recs["steps"].astype(float))
-    steps = np.ma.masked_less(steps, 1)  # runs that start converged have no place on a log scale
-    reached = steps.compressed()  # a grid where nothing converged still gets a valid colour scale
-    low = float(reached.min()) if reached.size else 1.0
-    mesh = draw_map(right, recs, steps, "viridis",
-                    LogNorm(vmin=low, vmax=max(float(reached.max()) if reached.size else max_steps, 10 * low)),
-                    MAP_YLABEL)
-    fig.colorbar(mesh, ax=right, label=f"steps to |ε| ≤ {tol:g}")
-    mark_cells(right, recs, outcome == MAX_STEPS, MAX_STEPS_COLOUR)
+    converged_steps = (outcome == CONVERGED) & (recs["steps"] >= 1)  # 0 steps has no place on a log scale
+    steps = np.ma.masked_where(~converged_steps, recs["steps"].astype(float))
+    low, high = robust_limits(steps.compressed(), default=(1.0, float(max_steps)))
+    norm = LogNorm(vmin=low, vmax=high if high > low else 10 * low)  # a one-value grid still gets a scale
+    mesh = draw_map(right, recs, steps, "viridis", norm, MAP_YLABEL)
+    bar = fig.colorbar(mesh, ax=right, extend=extension(steps.compressed(), norm.vmin, norm.vmax),
+                       label=f"steps to |ε| ≤ {tol:g}")
+    readable_log_ticks(bar.ax.yaxis, norm.vmin, norm.vmax)
     right.set_title("time to converge")
-    right.set_ylabel("initial scale s")
 
+    zero = (outcome == CONVERGED) & (recs["steps"] == 0)
     for ax in (left, right):
         mark_cells(ax, recs, outcome == DIVERGED, DIVERGED_COLOUR)
-        _eta_lambda0_lines(ax, recs)
+        mark_cells(ax, recs, outcome == MAX_STEPS, MAX_STEPS_COLOUR, MAX_STEPS_HATCH)
+        mark_cells(ax, recs, zero, ZERO_STEPS_COLOUR)
+        _eta_lambda0_lines(ax, recs, labels=ax is left)
         _theory_lines(ax, recs, phi, process)
+        mark_start_on_minimum(ax, recs)
     handles, _ = right.get_legend_handles_labels()
     handles += [Patch(color=DIVERGED_COLOUR, label="diverged"),
-                Patch(facecolor=MAX_STEPS_COLOUR, hatch="///", edgecolor="0.35",
-                      label=f"not converged in T = {max_steps} steps (hatched on the left)")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small")
+                Patch(facecolor=MAX_STEPS_COLOUR, hatch=MAX_STEPS_HATCH, edgecolor="0.2",
+                      label=f"not converged in T = {max_steps} steps")]
+    if zero.any():
+        handles.append(Patch(color=ZERO_STEPS_COLOUR, label="0 steps (starts converged)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize="small")
     fig.suptitle(f"{process.name} on the shallow linear net, Φ = {phi:g}: step size × initial scale")
     return fig
 
 
+def robust_limits(values: np.ndarray, default=(-1.0, 1.0)) -> tuple[float, float]:
+    """The ROBUST_PERCENTILES of the finite values (default when there are none)."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return default
+    low, high = np.percentile(values, ROBUST_PERCENTILES)
+    return float(low), float(high)
+
+
+def extension(values: np.ndarray, vmin: float, vmax: float) -> str:
+    """The colour bar's `extend`: an arrow at each end that some values lie beyond."""
+    below, above = bool((values < vmin).any()), bool((values > vmax).any())
+    return {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
+        (below, above)]
+
+
 def sharpness_panel(recs: dict, phi: float, process: SweptProcess):
-    """Final sharpness versus eta for a few initial scales, against lam_GF, 2/eta and 2 phi."""
-    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
+    """Final sharpness versus eta for a few initial scales, against lam_GF, 2/eta and 2 phi; the legend
+    outside the axes, every per-scale mark in its scale's colour (legend entries show all the colours)."""
+    fig = new_figure((10, 5.2))
     ax = fig.subplots()
     eta, scale = recs["eta"], recs["scale"]
     rows = np.unique(np.linspace(0, scale.size - 1, N_SHARPNESS_CURVES).round().astype(int))
     colours = matplotlib.colormaps["plasma"](np.linspace(0.0, 0.85, rows.size))
-    finite = recs["final_sharpness"][np.isfinite(recs["final_sharpness"])]
     top = 2 * max(recs["norm_gf"].max(), 2 * phi)
     markers = ("o", "s", "^", "D", "v", "P", "X")
+    shown, gf_lines, ticks = [], [], []
     for n, (j, colour) in enumerate(zip(rows, colours, strict=True)):
         converged = recs["outcome"][:, j] == CONVERGED
         sharp = np.where(converged, recs["final_sharpness"][:, j], np.nan)  # gaps where it did not converge
+        shown.append(sharp[converged])
         ax.plot(eta, sharp, "-", lw=1.2, color=colour, marker=markers[n % len(markers)], ms=3.5,
                 markevery=max(1, eta.size // 12), label=f"s = {scale[j]:.3g} (λ(0) = {recs['norm0'][j]:.3g})")
         diverged = recs["outcome"][:, j] == DIVERGED
-        ax.plot(eta[diverged], np.full(diverged.sum(), top * 0.93), "|", ms=6, color=colour)
-        ax.axhline(recs["norm_gf"][j], color=colour, ls="--", lw=1)
+        ticks.append(ax.plot(eta[diverged], np.full(diverged.sum(), top * 0.93), "|", ms=6, color=colour)[0])
+        gf_lines.append(ax.axhline(recs["norm_gf"][j], color=colour, ls="--", lw=1))
     c = process.constant
     ax.plot(eta, c / eta, "k-", lw=1.2, label=f"{c:.3g}/η (stability limit)")
     ax.axhline(2.0 * phi, color="grey", lw=1.2, label="2Φ (flattest minimum)")
     ax.axvline(c / (2 * phi), color="grey", ls=":", lw=1.2, label=f"η = {c / 2:.3g}/Φ")
-    ax.plot([], [], "k--", lw=1, label="λ_GF of each scale (dashed)")
-    ax.plot([], [], "k|", ms=6, label="diverged (ticks along the top)")
     log_axis(ax, "x", eta)
     ax.set_yscale("log")
-    if finite.size:
-        low = 0.5 * min(finite.min(), 2 * phi)
-        ax.set_ylim(low, top)
-        readable_log_ticks(ax.yaxis, low, top)
+    reached = np.concatenate(shown)
+    low = 0.9 * min(float(reached.min()) if reached.size else 2 * phi, 2 * phi)  # no minimum is below 2 Phi
+    ax.set_ylim(low, top)
+    readable_log_ticks(ax.yaxis, low, top)
     ax.set_xlabel("step size η")
     ax.set_ylabel("sharpness at the end (largest Hessian eigenvalue)")
     ax.set_title(f"{process.name}: final sharpness against λ_GF and {c:.3g}/η\n"
                  "(converged runs; gaps: not converged)")
-    ax.legend(fontsize="x-small", loc="center left")
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [tuple(gf_lines), tuple(ticks)]
+    labels += ["λ_GF of each scale (dashed)", "diverged (ticks along the top)"]
+    fig.legend(handles, labels, loc="outside right upper", fontsize="small",
+               handler_map={tuple: HandlerTuple(ndivide=None, pad=0.0)})
     return fig
 
 
@@ -120,33 +154,62 @@ def draw_map(ax, recs, values, cmap, norm, ylabel="initial scale s", label_size=
     return mesh
 
 
-def mark_cells(ax, recs, where, colour):
-    """Paint the cells where `where` holds in one flat colour."""
+def mark_cells(ax, recs, where, colour, hatch=None):
+    """Paint the cells where `where` holds in one flat colour, hatched if `hatch` (then as pcolor's
+    polygons: a QuadMesh draws no hatch; not antialiased: no seams between the cells)."""
     if where.any():
-        ax.pcolormesh(recs["eta"], recs["scale"], np.ma.masked_where(~where, where).T.astype(float),
-                      cmap=ListedColormap([colour]), shading="nearest")
+        cells = np.ma.masked_where(~where, where).T.astype(float)
+        if hatch is None:
+            ax.pcolormesh(recs["eta"], recs["scale"], cells, cmap=ListedColormap([colour]), shading="nearest")
+        else:
+            ax.pcolor(recs["eta"], recs["scale"], cells, cmap=ListedColormap([colour]), shading="nearest",
+                      hatch=hatch, edgecolor="none", antialiased=False)
 
 
-def hatch_cells(ax, recs, where):
-    """Hatch the cells where `where` holds, keeping their colour visible underneath."""
-    if where.any():
-        ax.contourf(recs["eta"], recs["scale"], where.T.astype(float), levels=[0.5, 1.5], colors="none",
-                    hatches=["///"])
-
-
-def _eta_lambda0_lines(ax, recs):
-    """Lines of constant eta * lambda(0), the caption's variable: eta lambda(0) = 0.5, 1, 2."""
+def _eta_lambda0_lines(ax, recs, labels: bool):
+    """Lines of constant eta * lambda(0), the caption's variable: eta lambda(0) = 0.5, 1, 2, black with a
+    white edge (visible on dark red and on dark blue alike), each labelled where it leaves the map's right."""
+    halo = [patheffects.withStroke(linewidth=2.6, foreground="white")]
+    eta_max = recs["eta"][-1]
     for n, product in enumerate(ETA_LAMBDA0):
-        ax.plot(product / recs["norm0"], recs["scale"], color="0.35", lw=0.8, ls="-.",
-                label=f"ηλ(0) = {', '.join(f'{p:g}' for p in ETA_LAMBDA0)} (left to right)" if n == 0 else None)
+        eta = product / recs["norm0"]  # falls as the scale grows
+        ax.plot(eta, recs["scale"], color="black", lw=1.0, ls="-.", path_effects=halo,
+                label=f"ηλ(0) = {', '.join(f'{p:g}' for p in ETA_LAMBDA0)} (dash-dot, labelled at the right)"
+                if n == 0 else None)
+        if labels and eta[-1] < eta_max < eta[0]:
+            exit_scale = np.interp(np.log(eta_max), np.log(eta[::-1]), recs["scale"][::-1])
+            ax.annotate(f"{product:g}", (eta_max, exit_scale), xytext=(-2, 2), textcoords="offset points",
+                        ha="right", va="bottom", fontsize=8, path_effects=halo)
 
 
 def _theory_lines(ax, recs, phi, process: SweptProcess):
     scale, c = recs["scale"], process.constant
+    edge = c / recs["norm_gf"]
     if process.is_gd:
-        ax.plot(recs["theorem1_max_lr"], scale, color="cyan", lw=1.6, label="Theorem-1 bound")
-    ax.plot(c / recs["norm_gf"], scale, color="orange", lw=1.6, ls="--", label=f"η = {c:.3g}/λ_GF")
+        bound = recs["theorem1_max_lr"]
+        near = np.abs(bound - edge) <= NEAR_OVERLAP * edge
+        label = "Theorem-1 bound"
+        if near.any():  # at large scales both are about 2/lambda(0): say so, or one curve seems missing
+            label += (f" (within {100 * float(np.max(np.abs(bound - edge)[near] / edge[near])):.0f}% of "
+                      f"{c:.3g}/λ_GF for s ≥ {float(scale[near].min()):.2g}: they overlap)")
+        ax.plot(bound, scale, color="cyan", lw=2.4, label=label)
+    ax.plot(edge, scale, color="orange", lw=1.6, ls="--", label=f"η = {c:.3g}/λ_GF")
     ax.axvline(c / (2 * phi), color="magenta", lw=1.6, ls=":", label=f"η = {c / 2:.3g}/Φ")
+
+
+def mark_start_on_minimum(ax, recs):
+    """The scale whose start lies on the minima (eps(0) = 0, from the sign change of eps(0) between rows),
+    arrowheads at both edges: runs from near there need fewer steps (|eps(0)| small), a thin line of fewer
+    steps across the right map that is data, not an artefact."""
+    eps0, scale = recs["residual0"], recs["scale"]
+    for n, j in enumerate(np.flatnonzero(np.sign(eps0[:-1]) * np.sign(eps0[1:]) < 0)):
+        s = scale[j] + (scale[j + 1] - scale[j]) * eps0[j] / (eps0[j] - eps0[j + 1])
+        ax.plot([0.0], [s], transform=ax.get_yaxis_transform(), clip_on=False, ls="none", marker=">", ms=7,
+                color="white", mec="black", zorder=6,
+                label="s with ε(0) = 0 (starts on a minimum: rows near it take fewer steps)"
+                if n == 0 else None)
+        ax.plot([1.0], [s], transform=ax.get_yaxis_transform(), clip_on=False, ls="none", marker="<", ms=7,
+                color="white", mec="black", zorder=6)
 
 
 def log_axis(ax, which, values):
@@ -157,10 +220,15 @@ def log_axis(ax, which, values):
 
 
 def readable_log_ticks(axis, low, high):
-    """Ticks at 1, 2, 5 x 10^k over wide ranges, denser over ranges of about a decade or less, labelled
+    """Ticks at 1, 2, 5 x 10^k over a few decades (10^k only beyond 4), denser over a decade or less, labelled
     0.1, 0.2, 0.5 rather than 10^-1 (readable in a paper)."""
     decades = np.log10(high / low) if low > 0 and high > low else 1.0
-    subs = (1.0, 2.0, 5.0) if decades > 1.6 else (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+    if decades > 4:  # powers of ten only (LogLocator thins 1, 2, 5 over many decades to nothing)
+        subs = (1.0,)
+    elif decades > 1.6:
+        subs = (1.0, 2.0, 5.0)
+    else:
+        subs = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
     axis.set_major_locator(LogLocator(base=10.0, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     axis.set_minor_formatter(NullFormatter())
