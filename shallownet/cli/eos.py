@@ -48,5 +48,4 @@ def report(cfg, run_dir, result: dict) -> None:
         else:
             print(f"{row['run']}: the sharpness stayed below its threshold (at most {hover['max_before']:.3f} of it)")
     save_eos_figure(run_dir, result)
-    result["figure"] = "eos.png"
     print(f"figure: {run_dir / 'eos.png'}")
