@@ -57,7 +57,10 @@ def what_was_found(row: dict) -> str:
         return row["outcome"]
     if hover["reached_at"] is None:
         return f"stayed below {NEAR:g} x threshold (max {hover['max_before']:.2f} x)"
-    return f"at {NEAR:g} x threshold from t = {hover['reached_at']:.3g}, then {hover['median']:.3f} x (median)"
+    when = f"t = {hover['reached_at']:.3g}"
+    if row.get("eta") is not None and row["time"]:  # a discrete process: the x-axis is its step count
+        when = f"step {round(hover['reached_at'] * row['steps'] / row['time'])}"
+    return f"at {NEAR:g} x threshold from {when}, then {hover['median']:.3f} x (median)"
 
 
 def what_was_run(run_dir) -> str:
@@ -114,8 +117,9 @@ def eos_figure(run_dir, result: dict):
     if dashed:
         handles.append(tuple(dashed))
         labels.append("stability threshold (2/η for GD), each in its colour")
-    sharp_ax.legend(handles, labels, fontsize="small", handler_map={tuple: HandlerTuple(ndivide=None, pad=0.0)})
-    loss_ax.legend(fontsize="small")
+    sharp_ax.legend(handles, labels, fontsize="small", handler_map={tuple: HandlerTuple(ndivide=None, pad=0.0)},
+                    loc="upper center", bbox_to_anchor=(0.5, -0.13))  # below the axes: never over the data
+    loss_ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13))
     readable_log_ticks(loss_ax.yaxis, *loss_ax.get_ylim())
     for ax in (sharp_ax, loss_ax):
         ax.grid(alpha=0.3)
