@@ -39,7 +39,7 @@ Initialisation (`model.init`): scheme, scale (s), seed, imbalance, weights.
                 w_1..w_L. At depth 2 deep_scalar_linear takes a = weights[:d], b = weights[d:].
 
 Quantities (the model protocol: `quantities()`, logged by the DynamicsMonitor as dynamics/<name>); the tag
-table is README.md's "TensorBoard tags" (the deep linear nets). At depth 2 deep_scalar_linear gives
+table is docs/tags.md's (the deep linear nets). At depth 2 deep_scalar_linear gives
 ScalarLinearNet's residual, norm, imbalance, imbalance_norm and imbalance_per_unit, computed by the same
 functions (shallownet.quantities).
 """

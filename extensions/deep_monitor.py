@@ -4,7 +4,7 @@ Works on any LightningModule whose `model` is a linear chain: the models of exte
 say their layers through `matrices()` / `gradient_matrices()`), or any network whose only layers with
 parameters are bias-free nn.Linear layers, applied in module order. Logs through
 shallownet.callbacks.logging.log_values, so every logger gets the values and trainer.callback_metrics holds
-the latest ones. Tags (a public contract, listed in README.md's "TensorBoard tags"):
+the latest ones. Tags (a public contract, listed in docs/tags.md):
 
     deep_theory/pred_imbalance_fro_<l>     |D_l'|_F predicted for this step from the state one step before:
                                            D_l' = D_l + eta^2 (G_(l+1)^T G_(l+1) - G_l G_l^T)

@@ -17,8 +17,8 @@ class EigenTracker:
     crowd together (gap ~4% of the value) depth matters little, because what is left after the best start
     is removed at the Krylov rate that the gap sets: on the 64-200-200-10 MLP at lr 0.1 depth 3 takes 12.7
     HVPs every step and 14.6 every 10 steps at residual 1e-6, 4.2 and 6.0 at residual 1e-3 (sharpness still
-    within 1e-5 of a residual-1e-11 solve; `python benchmarks/bench_train.py`, README), and depth 1 did about
-    as well in an exploratory run. With k > 1 the start block
+    within 1e-5 of a residual-1e-11 solve; `python benchmarks/bench_train.py`, docs/benchmarks.md), and depth 1
+    did about as well in an exploratory run. With k > 1 the start block
     holds depth * k rows, so repeated top eigenvalues are found again as often as they occur (see
     `lanczos`).
     """

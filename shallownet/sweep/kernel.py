@@ -27,7 +27,7 @@ TINY = np.finfo(np.float64).tiny
 # Steps a lane takes per pass over its block: its state is loaded and stored once per pass, not once per
 # step. At one step per pass loads and stores, not arithmetic, set the pace: two steps took the busy engines
 # from 7.8e8 to 0.86-1.36e9 (shallow) and from 3.9e8 to 7.3-7.8e8 (depth-4 chain) config-steps/s on the
-# 2-core development machine (bench_sweep.py, bench_chain_sweep.py; README). More steps unroll into loop
+# 2-core development machine (bench_sweep.py, bench_chain_sweep.py; docs/benchmarks.md). More steps unroll into loop
 # bodies too large for LLVM to vectorise: 4 ran the chains of depth 6 and 8 at 0.4x. chain_kernel.py
 # compiles this number in, and numba's on-disk cache only notices edits to a kernel's own file: after
 # changing it, clear __pycache__.
