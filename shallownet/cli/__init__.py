@@ -56,11 +56,15 @@ def version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from shallownet import interrupt  # light: the signal module only
+
+    if argv is None:  # the console script, not an in-process call: signals are this process's own
+        interrupt.defer()
     try:
         return _main(sys.argv[1:] if argv is None else argv)
-    except KeyboardInterrupt:  # before the run folder exists (afterwards the run ends itself cleanly)
+    except KeyboardInterrupt as stop:  # before the run folder exists (afterwards the run ends itself cleanly)
         print("shallownet: interrupted before the run started; nothing was written", file=sys.stderr)
-        return 130
+        return 128 + getattr(stop, "signum", 2)
 
 
 def _main(argv: list[str]) -> int:

@@ -20,8 +20,10 @@ def configure(config_path: str | None, overrides: list[str]):
 
 def run(config_path: str | None, overrides: list[str]) -> int:
     cfg, _ = configure(config_path, overrides)
+    from shallownet import interrupt
     from shallownet.figure1 import make_figure1
 
+    interrupt.start_up_over()
     run_dir = start_run(cfg)
     result = make_figure1(cfg, run_dir)
     result.update(status="done", provenance=provenance())

@@ -21,6 +21,8 @@ def configure(config_path: str | None, overrides: list[str]):
 
 def run(config_path: str | None, overrides: list[str]) -> int:
     cfg, _ = configure(config_path, overrides)
+    from shallownet import interrupt
     from shallownet.sweep.runner import run_sweep  # heavy imports only once the input is known good
 
+    interrupt.start_up_over()
     return run_sweep(cfg)
