@@ -7,6 +7,7 @@ summary.json from the start (status `starting`, then the outcome), so no folder 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -94,14 +95,12 @@ def provenance() -> dict[str, Any]:
 
 
 def write_config(run_dir: Path, cfg: DictConfig) -> None:
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    replace_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """JSON with non-finite floats written as null (strict JSON has no inf/nan), replaced atomically."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(_finite_or_none(data), indent=2) + "\n")
-    os.replace(partial, path)
+    replace_bytes(path, (json.dumps(_finite_or_none(data), indent=2) + "\n").encode())
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -114,37 +113,80 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def truncate_logs(run_dir: Path, step: int) -> None:
-    """Drop what a stopped run logged past `step` (the checkpoint it resumes from), and its hparams entry
-    (the resumed run writes its own): after the resume every step is logged exactly once."""
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json of a run folder as a dict; ConfigError (naming the file) when it is missing, unreadable,
+    truncated or not a JSON object."""
+    from shallownet.config import ConfigError
+
+    path = Path(run_dir) / SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path} cannot be read as JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{path} holds a JSON {type(summary).__name__}, not an object with a status")
+    return summary
+
+
+def plan_truncation(run_dir: Path, step: int) -> list[tuple[Path, bytes]]:
+    """The new contents of the logs of a stopped run cut back to `step` (the checkpoint it resumes from),
+    without its hparams entry (the resumed run writes its own): after the resume every step is logged
+    exactly once. Only reads (a resume checks everything before it writes a byte); apply_truncation writes.
+    ConfigError when a log cannot be read."""
+    from shallownet.config import ConfigError
+
+    plan = []
     metrics = run_dir / "metrics.csv"
-    if metrics.exists():
-        with metrics.open(newline="") as file:
-            reader = csv.DictReader(file)
-            fields, rows = reader.fieldnames, [row for row in reader if int(row["step"]) <= step]
-        with metrics.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=fields)
+    try:
+        if metrics.exists():
+            with metrics.open(newline="") as file:
+                reader = csv.DictReader(file)
+                fields, rows = reader.fieldnames, [row for row in reader if int(row["step"]) <= step]
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-    for events in sorted(run_dir.glob("events.out.tfevents.*")):
-        _truncate_events(events, step)
+            plan.append((metrics, text.getvalue().encode()))
+        for events in sorted(run_dir.glob("events.out.tfevents.*")):
+            plan.append((events, _truncated_events(events, step)))
+    except Exception as err:  # a damaged log: csv, int() or protobuf errors of every kind
+        name = events.name if "events" in locals() else metrics.name
+        raise ConfigError(f"config key 'train.resume': {run_dir / name} cannot be read "
+                          f"({type(err).__name__}: {err}); the run folder is left as it is") from None
+    return plan
 
 
-def _truncate_events(path: Path, step: int) -> None:
+def apply_truncation(plan: list[tuple[Path, bytes]]) -> None:
+    for path, content in plan:
+        # no "tfevents" in the temporary name: TensorBoard must not read it
+        replace_bytes(path, content, partial=path.with_name("truncating.tmp"))
+
+
+def replace_bytes(path: Path, content: bytes, partial: Path | None = None) -> None:
+    """Write content aside, then rename over path: a reader (or a crash) sees the old file or the new one."""
+    partial = partial or path.with_name(path.name + ".partial")
+    partial.write_bytes(content)
+    os.replace(partial, path)
+
+
+def replace_text(path: Path, text: str) -> None:
+    """replace_bytes for text; an unchanged file is left alone."""
+    content = text.encode()
+    if not (path.is_file() and path.read_bytes() == content):
+        replace_bytes(path, content)
+
+
+def _truncated_events(path: Path, step: int) -> bytes:
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    kept = []
+    out = io.BytesIO()
+    writer = RecordWriter(out)
     for record in RawEventFileLoader(str(path)).Load():
         event = Event.FromString(record)
         hparams = any(v.metadata.plugin_data.plugin_name == "hparams" or v.tag.startswith("hparams/")
                       for v in event.summary.value)
         if event.step <= step and not hparams:
-            kept.append(record)
-    partial = path.with_name("truncating.tmp")  # no "tfevents" in the name: TensorBoard must not read it
-    with partial.open("wb") as file:
-        writer = RecordWriter(file)
-        for record in kept:
             writer.write(record)
-    os.replace(partial, path)
+    return out.getvalue()

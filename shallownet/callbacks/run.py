@@ -17,6 +17,7 @@ from shallownet.stop import CONVERGED, DIVERGED
 
 # hparams session status per outcome: TensorBoard's hparams tab shows and filters on it
 _STATUS = {CONVERGED: "STATUS_SUCCESS", DIVERGED: "STATUS_FAILURE"}
+CONFIG_IN_CHECKPOINT = "shallownet_config"  # the run's resolved config: a resume checks config.yaml against it
 
 
 class RunRecorder(L.Callback):
@@ -90,11 +91,15 @@ def _session_end(status: str):
 
 class PeriodicCheckpoint(L.Callback):
     """Every `every_n_steps` steps, the trainer's full state to `path` (written aside, then renamed, so a
-    kill mid-write leaves the previous checkpoint whole)."""
+    kill mid-write leaves the previous checkpoint whole); each checkpoint holds the run's config too."""
 
-    def __init__(self, path: Path, every_n_steps: int):
-        self.path, self.every_n_steps = Path(path), every_n_steps
+    def __init__(self, path: Path, every_n_steps: int, config: dict | None = None):
+        self.path, self.every_n_steps, self.config = Path(path), every_n_steps, config
         self._saved_step: int | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self.config is not None:
+            checkpoint[CONFIG_IN_CHECKPOINT] = self.config
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

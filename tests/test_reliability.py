@@ -1,0 +1,119 @@
+"""Runs that never lie about their state (issue 18): real `shallownet` processes, real signals, real files.
+
+A refused resume leaves its folder byte for byte as it was; every refusal is one line and exit 2."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+EXE = Path(sys.executable).with_name("shallownet")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+SHORT = ["train.max_steps=20", "train.tol=1e-300", "output.progress=false", "monitor.sharpness.every_n_steps=5"]
+
+
+def shallownet(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, env=ENV, timeout=300, **kwargs)
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    """Every file under folder (names included) by content hash: what 'unchanged' means here."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def refused(result: subprocess.CompletedProcess) -> str:
+    """The one-line refusal of a command that must exit 2 with no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A 20-step run that ended max_steps (tol unreachable), with its checkpoint and logs."""
+    root = tmp_path_factory.mktemp("base")
+    result = shallownet("train", f"output.root={root}", *SHORT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root / "train" / "version_0"
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "runs" / "train" / "version_0"
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def _edit_width(run: Path) -> None:
+    text = (run / "config.yaml").read_text()
+    assert "width: 10" in text
+    (run / "config.yaml").write_text(text.replace("width: 10", "width: 12"))
+
+
+def _edit_lr(run: Path) -> None:
+    text = (run / "config.yaml").read_text()
+    assert "lr: 0.1" in text
+    (run / "config.yaml").write_text(text.replace("lr: 0.1", "lr: 0.2"))
+
+
+def _truncate(name: str, keep: float):
+    def damage(run: Path) -> None:
+        data = (run / name).read_bytes()
+        (run / name).write_bytes(data[: int(len(data) * keep)])
+    return damage
+
+
+def _overwrite(name: str, content: bytes):
+    return lambda run: (run / name).write_bytes(content)
+
+
+DAMAGES = {  # what was done to the folder -> a word the refusal must contain
+    "config width edited": (_edit_width, "width"),
+    "config lr edited": (_edit_lr, "optim.lr"),
+    "checkpoint truncated": (_truncate("last.ckpt", 0.5), "last.ckpt"),
+    "checkpoint empty": (_overwrite("last.ckpt", b""), "last.ckpt"),
+    "checkpoint garbage": (_overwrite("last.ckpt", os.urandom(4096)), "last.ckpt"),
+    "summary truncated": (_truncate("summary.json", 0.5), "summary.json"),
+    "summary a list": (_overwrite("summary.json", b"[1, 2]\n"), "summary.json"),
+    "summary empty": (_overwrite("summary.json", b""), "summary.json"),
+    "metrics garbage": (_overwrite("metrics.csv", b"step,x\nnot-a-number,1\n"), "metrics.csv"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_refused_resume_leaves_the_folder_byte_for_byte(finished_run, tmp_path, damage):
+    run = copy_of(finished_run, tmp_path)
+    edit, word = DAMAGES[damage]
+    edit(run)
+    before = hashes(run.parent.parent)
+    line = refused(shallownet("train", f"train.resume={run}", "train.max_steps=40"))
+    assert word in line and "train.resume" in line, line
+    assert hashes(run.parent.parent) == before
+
+
+def test_resuming_a_finished_run_says_so_or_continues_with_a_larger_budget(finished_run, tmp_path):
+    run = copy_of(finished_run, tmp_path)
+    before = hashes(run)
+    line = refused(shallownet("train", f"train.resume={run}"))
+    assert "has taken its 20 steps" in line and "train.max_steps=" in line, line
+    assert hashes(run) == before
+    # README: train.max_steps may change; the continued run equals one that ran 40 steps from the start
+    assert shallownet("train", f"train.resume={run}", "train.max_steps=40").returncode == 0
+    whole = shallownet("train", f"output.root={tmp_path / 'whole'}", *SHORT, "train.max_steps=40")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    (reference,) = (tmp_path / "whole").rglob("last.ckpt")
+    got, expected = (torch.load(p, map_location="cpu", weights_only=True) for p in (run / "last.ckpt", reference))
+    assert got["global_step"] == expected["global_step"] == 40
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][name], tensor), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "max_steps" and summary["steps"] == 40
