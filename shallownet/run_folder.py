@@ -2,18 +2,25 @@
 
 A folder is created only after the config is validated and the heavy imports are done, and it holds a
 summary.json from the start (status `starting`, then the outcome), so no folder is left without a status.
+
+A process that writes a run folder holds an exclusive flock on its `.lock` file (`lock`) for as long as it
+lives: the kernel drops it with the process, however that ends, so no lock is ever stale. Once it starts
+writing it puts its name in the file (`claim`: pid, host, start time), which a refused second writer quotes.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,8 @@ import shallownet
 
 SUMMARY = "summary.json"
 STARTING = "starting"
+LOCK = ".lock"
+_locks: dict[Path, int] = {}  # run folder -> the open lock file descriptor, kept for the process's life
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=+-]*")
 _SYSTEM = ("/proc", "/sys", "/dev")
 NAME_MAX = 255
@@ -50,11 +59,83 @@ def new_run_dir(root: str | Path, name: str) -> Path:
 
 
 def start_run(cfg: DictConfig) -> Path:
-    """Create the run folder with config.yaml and summary.json (status `starting`)."""
+    """Create the run folder, locked and claimed by this process, with config.yaml and summary.json (status
+    `starting`)."""
     run_dir = new_run_dir(cfg.output.root, cfg.output.name)
+    lock(run_dir)
+    claim(run_dir)
     write_config(run_dir, cfg)
     write_json(run_dir / SUMMARY, {"status": STARTING, "provenance": provenance()})
     return run_dir
+
+
+def owner() -> dict[str, Any]:
+    """Who writes a run: this process's pid, host and start time (seconds since the epoch)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+
+
+def lock(run_dir: Path) -> None:
+    """Hold the run folder's lock until this process ends; ConfigError naming the holder when another
+    process holds it. Creates nothing but an empty .lock where none was (claim writes into it)."""
+    from shallownet.config import ConfigError
+
+    run_dir = Path(run_dir)
+    if run_dir in _locks:
+        return
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise ConfigError(f"{run_dir} is in use by {holder}: one process writes a run folder at a time") from None
+    _locks[run_dir] = fd
+
+
+def claim(run_dir: Path) -> None:
+    """Put this process's name in the lock it holds on run_dir (done once it starts writing there, so that a
+    refused resume changes no byte); no-op without the lock."""
+    fd = _locks.get(Path(run_dir))
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(owner()).encode(), 0)
+
+
+def _holder(fd: int) -> str:
+    """The lock holder's name from its lock file; the name there is an earlier, dead holder's while the
+    new one has not claimed the folder yet."""
+    try:
+        who = json.loads(os.pread(fd, 4096, 0))
+    except ValueError:
+        who = None
+    if not (isinstance(who, dict) and isinstance(who.get("pid"), int)) or (
+            who.get("host") == socket.gethostname() and not pid_alive(who["pid"])):
+        return "another process (starting up: it has not written its name yet)"
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(who.get("started", 0)))
+    return f"pid {who['pid']} on host {who.get('host')} (since {started})"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def first_rank() -> bool:
+    """Whether this process is (or will be) global rank 0 as far as its launcher's environment says; the
+    only one that locks and writes a run folder. Read before torch.distributed exists."""
+    env = os.environ
+    if "SHALLOWNET_DDP_RUN_DIR" in env and env.get("LOCAL_RANK", "0") != "0":  # Lightning's launcher's child
+        return False
+    for name in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if name in env:
+            return env[name] == "0"
+    return True
 
 
 def check_output(output: DictConfig) -> None:

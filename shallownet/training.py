@@ -267,7 +267,7 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Callback] = 
     Under DDP every rank calls this with the same run_dir (shallownet.distributed.run_folder); only global
     rank 0 writes to it. Processes that Lightning's own launcher starts find run_dir in their environment.
     """
-    from shallownet.run_folder import apply_truncation, replace_text
+    from shallownet.run_folder import apply_truncation, claim, replace_text
 
     pieces = pieces or build(cfg, extra_callbacks)
     checkpoint = run_dir / CHECKPOINT
@@ -278,6 +278,7 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Callback] = 
                            trainer_options=trainer_options(cfg), progress=cfg.output.progress and sys.stderr.isatty())
     distributed.check_trainer(trainer)
     if resume and trainer.is_global_zero:
+        claim(run_dir)  # the lock's holder names itself once it writes (cli.train took the lock)
         replace_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # train.max_steps may change
         apply_truncation(logs)
     start = time.perf_counter()

@@ -8,8 +8,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,11 +20,35 @@ import torch
 
 EXE = Path(sys.executable).with_name("shallownet")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+LONG = ["train.max_steps=1000000", "train.tol=1e-300", "optim.lr=0.01", "output.progress=false",
+        "train.checkpoint_every_n_steps=10"]
 SHORT = ["train.max_steps=20", "train.tol=1e-300", "output.progress=false", "monitor.sharpness.every_n_steps=5"]
 
 
 def shallownet(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([EXE, *args], capture_output=True, text=True, env=ENV, timeout=300, **kwargs)
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def wait_until(condition, what: str, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def claimed_by(run: Path, pid: int) -> bool:
+    """The run's lock file names pid (the holder has started writing)."""
+    try:
+        return json.loads((run / ".lock").read_text()).get("pid") == pid
+    except (OSError, ValueError):
+        return False
 
 
 def hashes(folder: Path) -> dict[str, str]:
@@ -117,3 +144,21 @@ def test_resuming_a_finished_run_says_so_or_continues_with_a_larger_budget(finis
         assert torch.equal(got["state_dict"][name], tensor), name
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "max_steps" and summary["steps"] == 40
+
+
+def test_a_run_folder_has_one_writer_and_its_lock_dies_with_it(tmp_path):
+    first = start("train", f"output.root={tmp_path}", *LONG)
+    run = wait_until(lambda: next(tmp_path.glob("train/version_0/last.ckpt"), None), "a checkpoint").parent
+    wait_until(lambda: claimed_by(run, first.pid), "the run naming itself in its lock")
+    line = refused(shallownet("train", f"train.resume={run}"))
+    assert f"in use by pid {first.pid} on host {socket.gethostname()}" in line and "train.resume" in line, line
+    first.send_signal(signal.SIGKILL)  # no clean up at all: the kernel drops the lock
+    first.wait(timeout=60)
+    second = start("train", f"train.resume={run}")
+    wait_until(lambda: claimed_by(run, second.pid), "the resume naming itself in the lock")
+    line = refused(shallownet("train", f"train.resume={run}"))
+    assert f"in use by pid {second.pid}" in line, line
+    second.send_signal(signal.SIGINT)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"

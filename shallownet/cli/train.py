@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shallownet.config import ConfigError, RunConfig, load_config, validate_run
 from shallownet.run_folder import SUMMARY as SUMMARY_FILE
-from shallownet.run_folder import check_output, provenance, read_summary, start_run, write_json
+from shallownet.run_folder import check_output, first_rank, lock, provenance, read_summary, start_run, write_json
 
 SUMMARY = "one full-batch GD (or gradient-flow) run of any registered model, logged to TensorBoard and metrics.csv"
 RESUMABLE = ("starting", "interrupted", "max_steps", "max_time")
@@ -44,6 +44,11 @@ def load(config_path: str | None, overrides: list[str]):
     for name in ("config.yaml", "last.ckpt", SUMMARY_FILE):
         if not (run_dir / name).is_file():
             raise ConfigError(f"config key 'train.resume': {run_dir} holds no {name}, so it is no run folder to resume")
+    if first_rank():
+        try:
+            lock(run_dir)  # held until this process ends: a second writer is refused, naming this one
+        except ConfigError as err:
+            raise ConfigError(f"config key 'train.resume': {err}") from None
     try:
         status = read_summary(run_dir).get("status")
     except ConfigError as err:
