@@ -162,3 +162,85 @@ def test_a_run_folder_has_one_writer_and_its_lock_dies_with_it(tmp_path):
     _, err = second.communicate(timeout=120)
     assert second.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+
+
+def interrupt_when(proc: subprocess.Popen, ready, sig: int, settle: float = 0.0) -> str:
+    """Send sig once ready() holds (and settle seconds more); the process's stderr, after it ends."""
+    wait_until(ready, "the command getting under way")
+    time.sleep(settle)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + sig and "Traceback" not in err, (proc.returncode, err[-3000:])
+    return err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_eos_ends_an_interruption_as_train_does(tmp_path, sig):
+    proc = start("eos", f"output.root={tmp_path}", "train.max_steps=100000", "output.progress=false")
+    first = tmp_path / "eos" / "version_0" / "gd_lr=0.3"
+    interrupt_when(proc, lambda: any(first.glob("events.out.tfevents.*")), sig, settle=4.0)
+    summary = json.loads((first.parent / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["rows"][0]["outcome"] == "interrupted"
+    assert 0 < summary["rows"][0]["steps"] < 100000
+    state = torch.load(first / "last.ckpt", map_location="cpu", weights_only=True)  # resumable
+    assert state["global_step"] == summary["rows"][0]["steps"]
+    assert (first.parent / "eos.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sweep_keeps_its_finished_chunks(tmp_path, sig):
+    import numpy as np
+
+    proc = start("sweep", f"output.root={tmp_path}", "output.progress=false", "engine.backend=torch",
+                 "engine.chunk_size=500", "train.tol=1e-300", "grid.lr.num=100", "grid.scale.num=100")
+    run = tmp_path / "figure3" / "version_0"
+    interrupt_when(proc, lambda: (run / "summary.json").exists(), sig, settle=4.0)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["runs"] == 10000
+    done = summary["finished_runs"]
+    assert 0 < done < 10000 and done % 500 == 0, done
+    grid = np.load(run / "grid.npz")
+    outcome, steps = grid["outcome"].ravel(), grid["steps"].ravel()  # row-major: the first chunks finished
+    names = list(grid["outcome_names"])
+    assert (outcome[done:] == names.index("interrupted")).all() and (steps[done:] == -1).all()
+    assert (outcome[:done] == names.index("max_steps")).all() and (steps[:done] == 20000).all()
+    assert not list(run.glob("*.partial")) and not list(run.glob("*.png"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_figure1_ends_an_interruption_with_what_it_drew(tmp_path, sig):
+    proc = start("figure1", f"output.root={tmp_path}", "train.max_steps=1000000", "train.tol=1e-300",
+                 "processes=[{method: gd, lr: 0.001}]")
+    run = tmp_path / "figure1" / "version_0"
+    interrupt_when(proc, lambda: run.is_dir(), sig, settle=1.0)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert {p["outcome"] for p in summary["paths"]} == {"interrupted"}
+    assert (run / "figure1.png").stat().st_size > 0
+
+
+def test_a_sigterm_during_lightnings_set_up_still_ends_interrupted(tmp_path):
+    """Lightning's own SIGTERM handler is in place while fit() sets up; a signal then used to end the run
+    with SystemExit(0) and no summary. A real SIGTERM to this very process, sent from on_fit_start."""
+    import lightning as L
+
+    from shallownet import interrupt, training
+    from shallownet.cli.train import load
+
+    class SignalAtFitStart(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg, _ = load(None, [f"output.root={tmp_path}", *SHORT])
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    interrupt.install()
+    try:
+        (run := tmp_path / "run").mkdir()
+        summary = training.run(cfg, run, extra_callbacks=[SignalAtFitStart()])
+        assert interrupt.requested() == signal.SIGTERM
+    finally:
+        interrupt.reset()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert summary["status"] == "interrupted" and summary["steps"] == 0
+    assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 0

@@ -124,7 +124,12 @@ def save_checkpoint(trainer: L.Trainer, path: Path) -> None:
 class StopOnSignal(L.Callback):
     """Re-installs shallownet.interrupt's SIGINT / SIGTERM handlers once training starts: Lightning
     registers its own SIGTERM handler in fit(), which would end the run with an exception (and exit 0)
-    instead of the clean `interrupted` outcome."""
+    instead of the clean `interrupted` outcome. A SIGTERM that came while Lightning's handler was in place
+    (during fit's set-up) reached ours too (Lightning chains to it), so Lightning's flag is cleared: the
+    module's stop rule ends the run as `interrupted` at its first step."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         interrupt.install()
+        connector = getattr(trainer, "_signal_connector", None)  # private: Lightning has no public switch
+        if connector is not None and interrupt.requested() is not None:
+            connector.received_sigterm = False
