@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from shallownet import events
+
 EXE = Path(sys.executable).with_name("shallownet")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 LONG = ["train.max_steps=1000000", "train.tol=1e-300", "optim.lr=0.01", "output.progress=false",
@@ -244,3 +246,25 @@ def test_a_sigterm_during_lightnings_set_up_still_ends_interrupted(tmp_path):
             signal.signal(sig, handler)
     assert summary["status"] == "interrupted" and summary["steps"] == 0
     assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 0
+
+
+def test_a_stop_request_inside_a_long_sharpness_solve_ends_the_run_at_once(tmp_path):
+    """A solve of ~1 minute (max_iter 3000 HVPs for 8 eigenvalues of the digits MLP, tol unreachable) is
+    given up between two HVPs: the run ends within seconds, at the last complete state, with no sharpness
+    logged for the state it was measuring (a resume measures it)."""
+    proc = start("train", f"output.root={tmp_path}", "model.kind=mlp", "train.max_steps=5", "output.progress=false",
+                 "monitor.sharpness.every_n_steps=1", "monitor.sharpness.tol=1e-300",
+                 "monitor.sharpness.max_iter=3000", "monitor.sharpness.top_k=8")
+    run = tmp_path / "train" / "version_0"
+    wait_until(lambda: any(run.glob("events.out.tfevents.*")), "training to start")
+    time.sleep(3.0)  # inside the first solve
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
+    assert time.monotonic() - signalled < 15.0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == 0 and summary["final"]["sharpness"] is None
+    assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 0
+    logged = events.read_metrics(run)
+    assert "curvature/sharpness" not in logged and list(logged["dynamics/loss"][0]) == [0]
