@@ -11,6 +11,7 @@ writing it puts its name in the file (`claim`: pid, host, start time), which a r
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
 import json
@@ -21,6 +22,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -243,11 +246,42 @@ def apply_truncation(plan: list[tuple[Path, bytes]]) -> None:
         replace_bytes(path, content, partial=path.with_name("truncating.tmp"))
 
 
+class WriteError(OSError):
+    """Writing a run's file failed (full disk, file-size limit, ...): errno and reason of the OSError, with
+    the final name of the file as its filename."""
+
+
+@contextmanager
+def writing(path: Path, partial: Path | None = None) -> Iterator[Path]:
+    """A temporary name next to path to write to; renamed to path when the block ends well, so no file is
+    ever half-written under its final name. On OSError the temporary file is removed and a WriteError
+    naming path is raised."""
+    path = Path(path)
+    partial = partial or path.with_name(path.name + ".partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    except OSError as err:
+        with suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise WriteError(err.errno, err.strerror or str(err), str(path)) from None
+
+
 def replace_bytes(path: Path, content: bytes, partial: Path | None = None) -> None:
     """Write content aside, then rename over path: a reader (or a crash) sees the old file or the new one."""
-    partial = partial or path.with_name(path.name + ".partial")
-    partial.write_bytes(content)
-    os.replace(partial, path)
+    with writing(path, partial) as temporary:
+        temporary.write_bytes(content)
+
+
+def mark_failed(error: OSError) -> None:
+    """After a write failed: status `failed` with the reason in the summary.json of every run folder this
+    process writes, where that can still be written."""
+    for run_dir in _locks:
+        with suppress(OSError, ValueError):
+            summary = read_summary(run_dir)
+            summary.update(status="failed", reason=f"{error.filename}: {error.strerror} "
+                           f"(errno {errno.errorcode.get(error.errno, error.errno)})")
+            write_json(run_dir / SUMMARY, summary)
 
 
 def replace_text(path: Path, text: str) -> None:

@@ -268,3 +268,29 @@ def test_a_stop_request_inside_a_long_sharpness_solve_ends_the_run_at_once(tmp_p
     assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 0
     logged = events.read_metrics(run)
     assert "curvature/sharpness" not in logged and list(logged["dynamics/loss"][0]) == [0]
+
+
+def _file_size_limit(limit: int):
+    """preexec_fn: files of at most `limit` bytes, and write() failing with EFBIG (not SIGXFSZ killing us)."""
+    import resource
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_file_that_cannot_be_written_ends_the_run_failed_in_one_line(tmp_path):
+    """A file-size limit (works without root, unlike mounting a small tmpfs) stands in for a full disk: the
+    config and summary fit, grid.npz does not."""
+    result = subprocess.run([EXE, "sweep", f"output.root={tmp_path}", "output.progress=false", "grid.lr.num=60",
+                             "grid.scale.num=60", "train.max_steps=200", "output.tensorboard=false"],
+                            capture_output=True, text=True, env=ENV, timeout=300, preexec_fn=_file_size_limit(20000))
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    run = tmp_path / "figure3" / "version_0"
+    assert f"{run / 'grid.npz'}: File too large (errno EFBIG)" in lines[0], lines[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "grid.npz" in summary["reason"] and "EFBIG" in summary["reason"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml", "summary.json"]  # nothing half-written

@@ -106,7 +106,7 @@ def write_interrupted(run_dir: Path, grid: Grid, runs: Runs, finished: np.ndarra
     recs["outcome"] = np.where(finished.reshape(recs["outcome"].shape), recs["outcome"],
                                ALL_OUTCOMES.index(INTERRUPTED)).astype(recs["outcome"].dtype)
     recs["steps"] = steps.reshape(recs["steps"].shape)
-    np.savez_compressed(run_dir / "grid.npz", outcome_names=np.array(ALL_OUTCOMES), **recs)
+    save_npz(run_dir / "grid.npz", recs, ALL_OUTCOMES)
     codes = recs["outcome"]
     return {"status": INTERRUPTED, "runs": int(codes.size), "finished_runs": int(finished.sum()),
             "outcomes": {name: int((codes == code).sum()) for code, name in enumerate(ALL_OUTCOMES)},
