@@ -92,6 +92,7 @@ def process_path(a0: float, b0: float, phi: float, process: Process, rule: StopR
     process time is the flow's clock: a flow ends by FLOW_MAX_TIME at the latest)."""
     import torch
 
+    from shallownet import interrupt
     from shallownet.data import regression_points
     from shallownet.losses import half_mse
     from shallownet.model import ScalarLinearNet
@@ -110,7 +111,8 @@ def process_path(a0: float, b0: float, phi: float, process: Process, rule: StopR
     while True:
         a, b = points[-1]
         steps = len(points) - 1
-        outcome = rule.judge(a * b - phi, a * a + b * b, steps, process.time(steps))
+        outcome = rule.judge(a * b - phi, a * a + b * b, steps, process.time(steps),
+                             interrupted=interrupt.requested() is not None)  # SIGINT / SIGTERM: the path so far
         if outcome is not None:
             return np.array(points), outcome
         if process.integrates:

@@ -62,6 +62,10 @@ def requested() -> int | None:
     return _received
 
 
+class Stopped(Exception):
+    """Long work (an eigensolve) given up at a stop request: nothing of it is kept, the state before it is."""
+
+
 def reset() -> None:
     global _received
     _received = None

@@ -7,12 +7,14 @@ import io
 import struct
 from pathlib import Path
 
+from shallownet.run_folder import replace_bytes
+
 
 def save_figure(fig, path: Path, writer=None, tag: str | None = None, dpi: int = 120) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     png = buffer.getvalue()
-    Path(path).write_bytes(png)
+    replace_bytes(Path(path), png)  # aside, then renamed: never a half-written PNG under its name
     if writer is not None:
         from tensorboard.compat.proto.summary_pb2 import Summary
 

@@ -2,17 +2,28 @@
 
 A folder is created only after the config is validated and the heavy imports are done, and it holds a
 summary.json from the start (status `starting`, then the outcome), so no folder is left without a status.
+
+A process that writes a run folder holds an exclusive flock on its `.lock` file (`lock`) for as long as it
+lives: the kernel drops it with the process, however that ends, so no lock is ever stale. Once it starts
+writing it puts its name in the file (`claim`: pid, host, start time), which a refused second writer quotes.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
+import io
 import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +33,8 @@ import shallownet
 
 SUMMARY = "summary.json"
 STARTING = "starting"
+LOCK = ".lock"
+_locks: dict[Path, int] = {}  # run folder -> the open lock file descriptor, kept for the process's life
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=+-]*")
 _SYSTEM = ("/proc", "/sys", "/dev")
 NAME_MAX = 255
@@ -49,11 +62,83 @@ def new_run_dir(root: str | Path, name: str) -> Path:
 
 
 def start_run(cfg: DictConfig) -> Path:
-    """Create the run folder with config.yaml and summary.json (status `starting`)."""
+    """Create the run folder, locked and claimed by this process, with config.yaml and summary.json (status
+    `starting`)."""
     run_dir = new_run_dir(cfg.output.root, cfg.output.name)
+    lock(run_dir)
+    claim(run_dir)
     write_config(run_dir, cfg)
     write_json(run_dir / SUMMARY, {"status": STARTING, "provenance": provenance()})
     return run_dir
+
+
+def owner() -> dict[str, Any]:
+    """Who writes a run: this process's pid, host and start time (seconds since the epoch)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+
+
+def lock(run_dir: Path) -> None:
+    """Hold the run folder's lock until this process ends; ConfigError naming the holder when another
+    process holds it. Creates nothing but an empty .lock where none was (claim writes into it)."""
+    from shallownet.config import ConfigError
+
+    run_dir = Path(run_dir)
+    if run_dir in _locks:
+        return
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise ConfigError(f"{run_dir} is in use by {holder}: one process writes a run folder at a time") from None
+    _locks[run_dir] = fd
+
+
+def claim(run_dir: Path) -> None:
+    """Put this process's name in the lock it holds on run_dir (done once it starts writing there, so that a
+    refused resume changes no byte); no-op without the lock."""
+    fd = _locks.get(Path(run_dir))
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(owner()).encode(), 0)
+
+
+def _holder(fd: int) -> str:
+    """The lock holder's name from its lock file; the name there is an earlier, dead holder's while the
+    new one has not claimed the folder yet."""
+    try:
+        who = json.loads(os.pread(fd, 4096, 0))
+    except ValueError:
+        who = None
+    if not (isinstance(who, dict) and isinstance(who.get("pid"), int)) or (
+            who.get("host") == socket.gethostname() and not pid_alive(who["pid"])):
+        return "another process (starting up: it has not written its name yet)"
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(who.get("started", 0)))
+    return f"pid {who['pid']} on host {who.get('host')} (since {started})"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def first_rank() -> bool:
+    """Whether this process is (or will be) global rank 0 as far as its launcher's environment says; the
+    only one that locks and writes a run folder. Read before torch.distributed exists."""
+    env = os.environ
+    if "SHALLOWNET_DDP_RUN_DIR" in env and env.get("LOCAL_RANK", "0") != "0":  # Lightning's launcher's child
+        return False
+    for name in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if name in env:
+            return env[name] == "0"
+    return True
 
 
 def check_output(output: DictConfig) -> None:
@@ -94,14 +179,12 @@ def provenance() -> dict[str, Any]:
 
 
 def write_config(run_dir: Path, cfg: DictConfig) -> None:
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    replace_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """JSON with non-finite floats written as null (strict JSON has no inf/nan), replaced atomically."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(_finite_or_none(data), indent=2) + "\n")
-    os.replace(partial, path)
+    replace_bytes(path, (json.dumps(_finite_or_none(data), indent=2) + "\n").encode())
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -114,37 +197,111 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def truncate_logs(run_dir: Path, step: int) -> None:
-    """Drop what a stopped run logged past `step` (the checkpoint it resumes from), and its hparams entry
-    (the resumed run writes its own): after the resume every step is logged exactly once."""
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json of a run folder as a dict; ConfigError (naming the file) when it is missing, unreadable,
+    truncated or not a JSON object."""
+    from shallownet.config import ConfigError
+
+    path = Path(run_dir) / SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path} cannot be read as JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{path} holds a JSON {type(summary).__name__}, not an object with a status")
+    return summary
+
+
+def plan_truncation(run_dir: Path, step: int) -> list[tuple[Path, bytes]]:
+    """The new contents of the logs of a stopped run cut back to `step` (the checkpoint it resumes from),
+    without its hparams entry (the resumed run writes its own): after the resume every step is logged
+    exactly once. Only reads (a resume checks everything before it writes a byte); apply_truncation writes.
+    ConfigError when a log cannot be read."""
+    from shallownet.config import ConfigError
+
+    plan = []
     metrics = run_dir / "metrics.csv"
-    if metrics.exists():
-        with metrics.open(newline="") as file:
-            reader = csv.DictReader(file)
-            fields, rows = reader.fieldnames, [row for row in reader if int(row["step"]) <= step]
-        with metrics.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=fields)
+    try:
+        if metrics.exists():
+            with metrics.open(newline="") as file:
+                reader = csv.DictReader(file)
+                fields, rows = reader.fieldnames, [row for row in reader if int(row["step"]) <= step]
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-    for events in sorted(run_dir.glob("events.out.tfevents.*")):
-        _truncate_events(events, step)
+            plan.append((metrics, text.getvalue().encode()))
+        for events in sorted(run_dir.glob("events.out.tfevents.*")):
+            plan.append((events, _truncated_events(events, step)))
+    except Exception as err:  # a damaged log: csv, int() or protobuf errors of every kind
+        name = events.name if "events" in locals() else metrics.name
+        raise ConfigError(f"config key 'train.resume': {run_dir / name} cannot be read "
+                          f"({type(err).__name__}: {err}); the run folder is left as it is") from None
+    return plan
 
 
-def _truncate_events(path: Path, step: int) -> None:
+def apply_truncation(plan: list[tuple[Path, bytes]]) -> None:
+    for path, content in plan:
+        # no "tfevents" in the temporary name: TensorBoard must not read it
+        replace_bytes(path, content, partial=path.with_name("truncating.tmp"))
+
+
+class WriteError(OSError):
+    """Writing a run's file failed (full disk, file-size limit, ...): errno and reason of the OSError, with
+    the final name of the file as its filename."""
+
+
+@contextmanager
+def writing(path: Path, partial: Path | None = None) -> Iterator[Path]:
+    """A temporary name next to path to write to; renamed to path when the block ends well, so no file is
+    ever half-written under its final name. On OSError the temporary file is removed and a WriteError
+    naming path is raised."""
+    path = Path(path)
+    partial = partial or path.with_name(path.name + ".partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    except OSError as err:
+        with suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise WriteError(err.errno, err.strerror or str(err), str(path)) from None
+
+
+def replace_bytes(path: Path, content: bytes, partial: Path | None = None) -> None:
+    """Write content aside, then rename over path: a reader (or a crash) sees the old file or the new one."""
+    with writing(path, partial) as temporary:
+        temporary.write_bytes(content)
+
+
+def mark_failed(error: OSError) -> None:
+    """After a write failed: status `failed` with the reason in the summary.json of every run folder this
+    process writes, where that can still be written."""
+    for run_dir in _locks:
+        with suppress(OSError, ValueError):
+            summary = read_summary(run_dir)
+            summary.update(status="failed", reason=f"{error.filename}: {error.strerror} "
+                           f"(errno {errno.errorcode.get(error.errno, error.errno)})")
+            write_json(run_dir / SUMMARY, summary)
+
+
+def replace_text(path: Path, text: str) -> None:
+    """replace_bytes for text; an unchanged file is left alone."""
+    content = text.encode()
+    if not (path.is_file() and path.read_bytes() == content):
+        replace_bytes(path, content)
+
+
+def _truncated_events(path: Path, step: int) -> bytes:
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    kept = []
+    out = io.BytesIO()
+    writer = RecordWriter(out)
     for record in RawEventFileLoader(str(path)).Load():
         event = Event.FromString(record)
         hparams = any(v.metadata.plugin_data.plugin_name == "hparams" or v.tag.startswith("hparams/")
                       for v in event.summary.value)
         if event.step <= step and not hparams:
-            kept.append(record)
-    partial = path.with_name("truncating.tmp")  # no "tfevents" in the name: TensorBoard must not read it
-    with partial.open("wb") as file:
-        writer = RecordWriter(file)
-        for record in kept:
             writer.write(record)
-    os.replace(partial, path)
+    return out.getvalue()

@@ -30,7 +30,13 @@ from omegaconf import DictConfig, OmegaConf
 from shallownet import distributed, registry
 from shallownet.callbacks.dynamics import DynamicsMonitor
 from shallownet.callbacks.periodic import PeriodicMonitor
-from shallownet.callbacks.run import PeriodicCheckpoint, RunRecorder, StopOnSignal, save_checkpoint
+from shallownet.callbacks.run import (
+    CONFIG_IN_CHECKPOINT,
+    PeriodicCheckpoint,
+    RunRecorder,
+    StopOnSignal,
+    save_checkpoint,
+)
 from shallownet.callbacks.sharpness import SharpnessMonitor
 from shallownet.checks import ConfigError
 from shallownet.data import FullBatchDataModule
@@ -40,6 +46,7 @@ from shallownet.stop import StopRule
 
 CHECKPOINT = "last.ckpt"
 METRICS = "metrics.csv"
+RESUME_MAY_CHANGE = ("train.max_steps", "train.resume", "output.")  # the rest of a resumed run's config is fixed
 
 
 def quiet_lightning() -> None:
@@ -253,23 +260,27 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Callback] = 
     """Train one run into run_dir (TensorBoard events, metrics.csv, last.ckpt); returns the summary.
 
     pieces: already built from cfg (the CLI builds them before it creates the run folder, so a data file
-    that cannot be read writes nothing). resume: continue from run_dir/last.ckpt (the logs past the
-    checkpoint's step are cut off first, so each step is logged once).
+    that cannot be read writes nothing). resume: continue from run_dir/last.ckpt, after check_resume has
+    found everything in order (then config.yaml is rewritten with cfg and the logs past the checkpoint's
+    step are cut off, so each step is logged once).
 
     Under DDP every rank calls this with the same run_dir (shallownet.distributed.run_folder); only global
     rank 0 writes to it. Processes that Lightning's own launcher starts find run_dir in their environment.
     """
-    from shallownet.run_folder import truncate_logs
+    from shallownet.run_folder import apply_truncation, claim, replace_text
 
     pieces = pieces or build(cfg, extra_callbacks)
     checkpoint = run_dir / CHECKPOINT
-    callbacks = [*pieces.callbacks, PeriodicCheckpoint(checkpoint, cfg.train.checkpoint_every_n_steps),
-                 StopOnSignal()]
+    logs = check_resume(cfg, run_dir, pieces) if resume else []
+    callbacks = [*pieces.callbacks, PeriodicCheckpoint(checkpoint, cfg.train.checkpoint_every_n_steps,
+                                                       OmegaConf.to_container(cfg, resolve=True)), StopOnSignal()]
     trainer = make_trainer(max_steps=cfg.train.max_steps, callbacks=callbacks, loggers=run_loggers(run_dir),
                            trainer_options=trainer_options(cfg), progress=cfg.output.progress and sys.stderr.isatty())
     distributed.check_trainer(trainer)
     if resume and trainer.is_global_zero:
-        truncate_logs(run_dir, torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"])
+        claim(run_dir)  # the lock's holder names itself once it writes (cli.train took the lock)
+        replace_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # train.max_steps may change
+        apply_truncation(logs)
     start = time.perf_counter()
     with distributed.children_find(run_dir, trainer):
         trainer.fit(pieces.module, datamodule=pieces.datamodule, ckpt_path=str(checkpoint) if resume else None,
@@ -277,6 +288,50 @@ def run(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[L.Callback] = 
     wall = time.perf_counter() - start
     save_checkpoint(trainer, checkpoint)
     return summarise(cfg, pieces, trainer, wall)
+
+
+def check_resume(cfg: DictConfig, run_dir: Path, pieces: Pieces) -> list:
+    """Everything a resume of run_dir rests on, checked before it writes one byte: the checkpoint reads, was
+    written with this config (but for RESUME_MAY_CHANGE) and fits the built model, the budget is not spent
+    and the logs read. Returns the logs cut back to the checkpoint (run_folder.plan_truncation); ConfigError
+    naming what does not fit."""
+    from shallownet.run_folder import plan_truncation
+
+    path = run_dir / CHECKPOINT
+    key = "config key 'train.resume'"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        step, weights = int(state["global_step"]), dict(state["state_dict"])
+    except Exception as err:  # empty, truncated, corrupt or foreign files fail in many ways
+        reason = str(err).strip().split(". ")[0].splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{key}: {path} cannot be read as a checkpoint ({reason}); the run folder is left "
+                          "as it is") from None
+    saved = state.get(CONFIG_IN_CHECKPOINT)
+    if saved is not None:
+        now, then = _flat(OmegaConf.to_container(cfg, resolve=True)), _flat(saved)
+        for name in sorted(set(now) | set(then)):
+            if not name.startswith(RESUME_MAY_CHANGE) and now.get(name) != then.get(name):
+                raise ConfigError(f"{key}: {run_dir / 'config.yaml'} says {name}={now.get(name)!r} but the "
+                                  f"checkpoint was written with {then.get(name)!r}; a resumed run keeps its config")
+    expected = pieces.module.state_dict()
+    for name in sorted(set(expected) | set(weights)):
+        if name not in expected or name not in weights or expected[name].shape != weights[name].shape:
+            what = "not in the model" if name not in expected else "missing" if name not in weights \
+                else f"of shape {tuple(weights[name].shape)}, the model's is {tuple(expected[name].shape)}"
+            raise ConfigError(f"{key}: the checkpoint {path} does not fit model.kind {cfg.model.kind} as "
+                              f"configured: its {name} is {what}")
+    if step >= cfg.train.max_steps:
+        raise ConfigError(f"config key 'train.max_steps': the run in {run_dir} has taken its {step} steps "
+                          f"(train.max_steps={cfg.train.max_steps}); continue it with a larger budget: shallownet "
+                          f"train train.resume={run_dir} train.max_steps={2 * max(step, 1)}")
+    return plan_truncation(run_dir, int(state.get("x_step", step)))
+
+
+def _flat(node, prefix: str = "") -> dict:
+    """A nested config as {dotted key: value} (lists as values)."""
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
 
 
 def summarise(cfg: DictConfig, pieces: Pieces, trainer: L.Trainer, wall: float) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import lightning as L
 
+from shallownet import interrupt
 from shallownet.callbacks.logging import log_values
 from shallownet.callbacks.tensorboard import log_step
 from shallownet.processes.base import Process, process_of
@@ -78,9 +79,14 @@ class PeriodicMonitor(L.Callback):
             self.record(trainer, pl_module)
 
     def record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Measure now and log at the current state's x-axis step."""
-        self.last_step = trainer.global_step
-        self.last = values = self.measure(trainer, pl_module)
+        """Measure now and log at the current state's x-axis step (nothing, when a stop request cut the
+        measurement short: the state counts as unmeasured, so a resume measures it)."""
+        previous, self.last_step = self.last_step, trainer.global_step
+        try:
+            self.last = values = self.measure(trainer, pl_module)
+        except interrupt.Stopped:
+            self.last_step = previous
+            return
         if not values:
             return
         log_values(trainer, values, log_step(trainer, pl_module))

@@ -17,6 +17,7 @@ from shallownet.stop import CONVERGED, DIVERGED
 
 # hparams session status per outcome: TensorBoard's hparams tab shows and filters on it
 _STATUS = {CONVERGED: "STATUS_SUCCESS", DIVERGED: "STATUS_FAILURE"}
+CONFIG_IN_CHECKPOINT = "shallownet_config"  # the run's resolved config: a resume checks config.yaml against it
 
 
 class RunRecorder(L.Callback):
@@ -90,11 +91,15 @@ def _session_end(status: str):
 
 class PeriodicCheckpoint(L.Callback):
     """Every `every_n_steps` steps, the trainer's full state to `path` (written aside, then renamed, so a
-    kill mid-write leaves the previous checkpoint whole)."""
+    kill mid-write leaves the previous checkpoint whole); each checkpoint holds the run's config too."""
 
-    def __init__(self, path: Path, every_n_steps: int):
-        self.path, self.every_n_steps = Path(path), every_n_steps
+    def __init__(self, path: Path, every_n_steps: int, config: dict | None = None):
+        self.path, self.every_n_steps, self.config = Path(path), every_n_steps, config
         self._saved_step: int | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self.config is not None:
+            checkpoint[CONFIG_IN_CHECKPOINT] = self.config
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -119,7 +124,12 @@ def save_checkpoint(trainer: L.Trainer, path: Path) -> None:
 class StopOnSignal(L.Callback):
     """Re-installs shallownet.interrupt's SIGINT / SIGTERM handlers once training starts: Lightning
     registers its own SIGTERM handler in fit(), which would end the run with an exception (and exit 0)
-    instead of the clean `interrupted` outcome."""
+    instead of the clean `interrupted` outcome. A SIGTERM that came while Lightning's handler was in place
+    (during fit's set-up) reached ours too (Lightning chains to it), so Lightning's flag is cleared: the
+    module's stop rule ends the run as `interrupted` at its first step."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         interrupt.install()
+        connector = getattr(trainer, "_signal_connector", None)  # private: Lightning has no public switch
+        if connector is not None and interrupt.requested() is not None:
+            connector.received_sigterm = False

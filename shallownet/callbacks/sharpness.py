@@ -24,6 +24,7 @@ import math
 import lightning as L
 import torch
 
+from shallownet import interrupt
 from shallownet.callbacks.periodic import PeriodicMonitor
 from shallownet.callbacks.tensorboard import find_writer
 from shallownet.curvature import EigenResult, EigenTracker, HessianOperator
@@ -115,9 +116,14 @@ class SharpnessMonitor(PeriodicMonitor):
         tracker = self.tracker if preconditioner is None else self.preconditioned_tracker
         tracker.tol = max(self.tol, 1000 * torch.finfo(op.dtype).eps)
         target = op if preconditioner is None else PreconditionedOperator(op, preconditioner)
-        with full_precision():  # also under no_grad / inference_mode: the solver's vectors must be normal
-            result = tracker.solve(target)
-        op.release()  # no activations held between logged steps
+        # A stop request gives the solve up between HVPs (interrupt.Stopped; PeriodicMonitor.record keeps the
+        # state unmeasured, a resume measures it). Not under DDP: every rank must make the same products.
+        stop = None if isinstance(op, ShardedHessianOperator) else lambda: interrupt.requested() is not None
+        try:
+            with full_precision():  # also under no_grad / inference_mode: the solver's vectors must be normal
+                result = tracker.solve(target, stop=stop)
+        finally:
+            op.release()  # no activations held between logged steps
         if isinstance(op, ShardedHessianOperator):
             op.check_agreement(result.value, result.n_hvp)
         return result

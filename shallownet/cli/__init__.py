@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import importlib
 import re
 import sys
@@ -105,6 +106,14 @@ def _main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"shallownet {name}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a file-size limit, ...: the run folder says `failed`, and why
+        from shallownet.run_folder import mark_failed
+
+        mark_failed(err)
+        code = errno.errorcode.get(err.errno, err.errno)
+        print(f"shallownet {name}: error: {err.filename or 'a file'}: {err.strerror or err} (errno {code}); the "
+              "run folder, where there is one, says failed", file=sys.stderr)
+        return 1
 
 
 def command_help(name: str, command, config_path: str | None, overrides: list[str]) -> str:

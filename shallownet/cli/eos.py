@@ -45,7 +45,9 @@ def report(cfg, run_dir, result: dict) -> None:
             print(f"{row['run']}: the sharpness reached {NEAR:g} x its threshold at t = {hover['reached_at']:.4g}; "
                   f"since then sharpness / threshold = {hover['median']:.3f} (median; range {hover['min']:.3f} - "
                   f"{hover['max']:.3f})")
-        else:
+        elif hover["max_before"] is not None:
             print(f"{row['run']}: the sharpness stayed below its threshold (at most {hover['max_before']:.3f} of it)")
+        else:  # interrupted before a measurement after the start
+            print(f"{row['run']}: no sharpness measured after the start ({row['outcome']} at step {row['steps']})")
     save_eos_figure(run_dir, result)
     print(f"figure: {run_dir / 'eos.png'}")

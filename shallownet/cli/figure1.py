@@ -21,16 +21,19 @@ def configure(config_path: str | None, overrides: list[str]):
 def run(config_path: str | None, overrides: list[str]) -> int:
     cfg, _ = configure(config_path, overrides)
     from shallownet import interrupt
+    from shallownet.cli import exit_status
     from shallownet.figure1 import make_figure1
+    from shallownet.stop import INTERRUPTED
 
-    interrupt.start_up_over()
+    interrupt.install()  # a stop request ends the path being computed; the later ones end at their start
     run_dir = start_run(cfg)
     result = make_figure1(cfg, run_dir)
-    result.update(status="done", provenance=provenance())
+    status = INTERRUPTED if any(path["outcome"] == INTERRUPTED for path in result["paths"]) else "done"
+    result.update(status=status, provenance=provenance())
     write_json(run_dir / "summary.json", result)
     width = max(len(path["process"]) for path in result["paths"])
     for path in result["paths"]:
         print(f"init {path['init']}: {path['process']:{width}s} {path['outcome']:9s} in {path['steps']:4d} steps, "
               f"Q(T)/Q(0) = {path['imbalance_ratio']:.4g}, lam(T) = {path['norm']:.6g}")
     print(f"figure: {result['png']}\nview it: tensorboard --logdir {run_dir} (IMAGES tab)")
-    return 0
+    return exit_status(status)

@@ -10,15 +10,11 @@ rewrites the run folder, writes summary.json and prints; see shallownet.distribu
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-
-from omegaconf import OmegaConf
 
 from shallownet.config import ConfigError, RunConfig, load_config, validate_run
 from shallownet.run_folder import SUMMARY as SUMMARY_FILE
-from shallownet.run_folder import check_output, provenance, start_run, write_json
+from shallownet.run_folder import check_output, first_rank, lock, provenance, read_summary, start_run, write_json
 
 SUMMARY = "one full-batch GD (or gradient-flow) run of any registered model, logged to TensorBoard and metrics.csv"
 RESUMABLE = ("starting", "interrupted", "max_steps", "max_time")
@@ -48,7 +44,15 @@ def load(config_path: str | None, overrides: list[str]):
     for name in ("config.yaml", "last.ckpt", SUMMARY_FILE):
         if not (run_dir / name).is_file():
             raise ConfigError(f"config key 'train.resume': {run_dir} holds no {name}, so it is no run folder to resume")
-    status = json.loads((run_dir / SUMMARY_FILE).read_text()).get("status")
+    if first_rank():
+        try:
+            lock(run_dir)  # held until this process ends: a second writer is refused, naming this one
+        except ConfigError as err:
+            raise ConfigError(f"config key 'train.resume': {err}") from None
+    try:
+        status = read_summary(run_dir).get("status")
+    except ConfigError as err:
+        raise ConfigError(f"config key 'train.resume': {err}") from None
     if status not in RESUMABLE:
         raise ConfigError(f"config key 'train.resume': the run in {run_dir} ended {status}; only "
                           f"{', '.join(RESUMABLE)} runs can be continued")
@@ -76,8 +80,6 @@ def run(config_path: str | None, overrides: list[str]) -> int:
             run_dir = distributed.run_folder(lambda: start_run(cfg))
         else:
             run_dir = resume_dir
-            if main:
-                _replace_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         summary = training.run(cfg, run_dir, resume=resume_dir is not None, pieces=pieces)
     if main:
         summary["provenance"] = provenance()
@@ -85,9 +87,3 @@ def run(config_path: str | None, overrides: list[str]) -> int:
         print(training.describe(summary, run_dir, cfg.output.root))
     return exit_status(summary["status"])
 
-
-def _replace_text(path: Path, text: str) -> None:
-    """Write aside, then rename: other ranks reading the file meanwhile see the old or the new one, whole."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)

@@ -7,6 +7,10 @@ often as they occur, started from random vectors or warm-started from previous e
 report the relative residual |H v - lam v| / |lam| of what they return, computed from products they
 already paid for: every HVP is counted, none is hidden.
 
+`stop`, a callable checked before every HVP, gives a solve up: when it returns True the solver raises
+shallownet.interrupt.Stopped (a run's stop request inside a long solve ends the run at its last complete
+state instead of waiting for the solve).
+
 Start vectors are drawn only where v0 gives too few; without v0 that needs `hvp.dim`, `hvp.dtype` and
 `hvp.device` (HessianOperator has them); with v0 any callable v -> A v will do.
 """
@@ -17,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from shallownet.interrupt import Stopped
 
 Hvp = Callable[[torch.Tensor], torch.Tensor]
 
@@ -78,7 +84,7 @@ def top_eigenvalue(hvp: Hvp, v0: torch.Tensor | None = None, *, method: str = "l
 # --- Lanczos ----------------------------------------------------------------------------------------
 
 def lanczos(hvp: Hvp, v0: torch.Tensor | None = None, *, k: int = 1, tol: float = 1e-6, max_iter: int = 1000,
-            max_basis: int | None = None, seed: int = 0) -> EigenResult:
+            max_basis: int | None = None, seed: int = 0, stop: Callable[[], bool] | None = None) -> EigenResult:
     """The k largest algebraic eigenpairs, repeated eigenvalues as often as they occur, stopping when every
     relative residual is <= tol.
 
@@ -101,7 +107,7 @@ def lanczos(hvp: Hvp, v0: torch.Tensor | None = None, *, k: int = 1, tol: float 
     max_basis = max_basis or max(30, 6 * k, len(start) + 2 * k)
     if max_basis < k + 2 or len(start) >= max_basis:
         raise ValueError(f"max_basis ({max_basis}) must be at least k + 2 and exceed the start block ({len(start)})")
-    basis = _Basis(hvp, max_basis, start[0])
+    basis = _Basis(hvp, max_basis, start[0], stop)
     for row in start:  # rows in the span of earlier ones (duplicates, more rows than dim) are dropped
         basis.add(row)
     fresh = _Fresh(start[0], seed, max_iter)
@@ -129,8 +135,8 @@ def lanczos(hvp: Hvp, v0: torch.Tensor | None = None, *, k: int = 1, tol: float 
 class _Basis:
     """An orthonormal basis V, its products H V and the projection V^T H V (float64, on the CPU)."""
 
-    def __init__(self, hvp: Hvp, capacity: int, like: torch.Tensor):
-        self.hvp = hvp
+    def __init__(self, hvp: Hvp, capacity: int, like: torch.Tensor, stop: Callable[[], bool] | None = None):
+        self.hvp, self.stop = hvp, stop
         self.vectors = torch.empty(capacity, like.numel(), dtype=like.dtype, device=like.device)
         self.products = torch.empty_like(self.vectors)
         self.projected = torch.zeros(capacity, capacity, dtype=torch.float64)
@@ -141,6 +147,8 @@ class _Basis:
         q = _orthonormalise(direction, self.vectors[: self.size])
         if q is None:
             return False
+        if self.stop is not None and self.stop():
+            raise Stopped("eigensolve given up at a stop request")
         size = self.size
         self.vectors[size], self.products[size] = q, self.hvp(q)
         self.n_hvp += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from shallownet.curvature.eigen import EigenResult, Hvp, lanczos
@@ -29,9 +31,10 @@ class EigenTracker:
         self.k, self.tol, self.max_iter, self.depth = k, tol, max_iter, depth
         self.previous: list[torch.Tensor] = []  # (k, dim) eigenvector blocks, newest first
 
-    def solve(self, hvp: Hvp) -> EigenResult:
+    def solve(self, hvp: Hvp, stop: Callable[[], bool] | None = None) -> EigenResult:
+        """One warm-started solve; `stop` as in lanczos (a stopped solve leaves the warm start as it was)."""
         start = torch.cat(self.previous) if self.previous else None
-        result = lanczos(hvp, start, k=self.k, tol=self.tol, max_iter=self.max_iter)
+        result = lanczos(hvp, start, k=self.k, tol=self.tol, max_iter=self.max_iter, stop=stop)
         if bool(torch.isfinite(result.vectors).all()):
             self.previous = [result.vectors.detach()] + self.previous[: self.depth - 1]
         return result

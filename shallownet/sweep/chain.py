@@ -318,7 +318,9 @@ def chain_records(grid: ChainGrid, runs: ChainRuns) -> dict[str, np.ndarray]:
 
 
 def save_chain_npz(path: Path, recs: dict[str, np.ndarray]) -> None:
-    np.savez_compressed(path, outcome_names=np.array(OUTCOMES), **recs)
+    from shallownet.sweep.results import save_npz
+
+    save_npz(path, recs, OUTCOMES)
 
 
 def chain_summary(grid: ChainGrid, recs: dict[str, np.ndarray]) -> dict:

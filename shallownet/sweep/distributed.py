@@ -57,16 +57,20 @@ def share(n_runs: int, rank: int, world: int) -> np.ndarray:
 
 
 def gather(runs: Runs, flat: np.ndarray, n_runs: int, rank: int, world: int) -> Runs | None:
-    """All ranks' runs merged on rank 0 in flat-index order (None on the other ranks)."""
-    if world == 1:
+    """All ranks' runs merged on rank 0 in flat-index order (None on the other ranks); runs that no rank
+    simulated (an interrupted sweep) hold NaN and steps -1."""
+    if world == 1 and flat.size == n_runs:
         return runs
-    parts = [None] * world if rank == 0 else None
-    dist.gather_object((flat, runs), parts, dst=0)
-    if rank != 0:
-        return None
+    parts = [(flat, runs)]
+    if world > 1:
+        parts = [None] * world if rank == 0 else None
+        dist.gather_object((flat, runs), parts, dst=0)
+        if rank != 0:
+            return None
     fields = {}
     for name, example in vars(runs).items():
-        merged = np.empty((n_runs, *example.shape[1:]), dtype=example.dtype)
+        missing = -1 if np.issubdtype(example.dtype, np.integer) else np.nan
+        merged = np.full((n_runs, *example.shape[1:]), missing, dtype=example.dtype)
         for indices, part in parts:
             merged[indices] = getattr(part, name)
         fields[name] = merged

@@ -56,8 +56,12 @@ def records(grid: Grid, runs: Runs) -> dict[str, np.ndarray]:
     }
 
 
-def save_npz(path: Path, recs: dict[str, np.ndarray]) -> None:
-    np.savez_compressed(path, outcome_names=np.array(OUTCOMES), **recs)
+def save_npz(path: Path, recs: dict[str, np.ndarray], names=OUTCOMES) -> None:
+    """grid.npz (written aside, then renamed), with the outcome codes' names."""
+    from shallownet.run_folder import writing
+
+    with writing(path) as partial, partial.open("wb") as file:
+        np.savez_compressed(file, outcome_names=np.array(names), **recs)
 
 
 @dataclass(frozen=True)
