@@ -17,13 +17,13 @@ POSITIONS = ("learned", "sinusoidal")
 @dataclass
 class TransformerConfig:
     layers: int = 2  # pre-norm blocks: x + attention(LN(x)), then x + MLP(LN(x))
-    d_model: int = 32
+    d_model: int = 32  # width of the residual stream (embeddings, attention, block outputs)
     heads: int = 4  # d_model / heads dimensions each
     mlp_width: int = 128  # Linear(d_model, mlp_width), GELU, Linear(mlp_width, d_model)
     seq_len: Optional[int] = None  # noqa: UP045  longest input the positions cover; null: the data's length
     positions: str = "learned"  # learned | sinusoidal
     layer_norm: bool = True  # false: no LayerNorm anywhere (blocks x + attention(x), x + MLP(x))
-    seed: int = 0
+    seed: int = 0  # random seed of the initialisation
     num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
 
     @staticmethod
@@ -42,7 +42,7 @@ class TransformerConfig:
 class ModularAdditionConfig:
     modulus: int = 23  # p: sequences (a, b, =) for all p^2 pairs, label (a + b) mod p
     train_fraction: float = 0.5  # of the p^2 pairs, drawn with `seed`; the rest is the test split
-    seed: int = 0
+    seed: int = 0  # which pairs are in the training split
 
     @staticmethod
     def validate(cfg: Any) -> None:
@@ -61,7 +61,7 @@ class SequenceConfig:
     length: int = 8  # of the sequence to sort / copy; the input is it plus the answer's first length - 1 tokens
     n_train: int = 1000  # distinct sequences, drawn without replacement with `seed`
     n_test: int = 500  # further distinct sequences (0: no test split)
-    seed: int = 0
+    seed: int = 0  # which sequences are drawn
 
     @staticmethod
     def validate(cfg: Any) -> None:
@@ -84,7 +84,7 @@ class ResNetConfig:
     width: int = 16  # channels of the first stage, doubled at each next one
     stages: int = 3  # the first block of stages 2.. halves the image
     batch_norm: bool = False  # BatchNorm on full-batch statistics (and conv biases dropped)
-    seed: int = 0
+    seed: int = 0  # random seed of PyTorch's default initialisation
     num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
 
     @staticmethod

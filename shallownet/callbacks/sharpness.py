@@ -84,11 +84,7 @@ class SharpnessMonitor(PeriodicMonitor):
     # --- hooks ------------------------------------------------------------------------------------------
 
     def refusal(self, pl_module, process) -> str | None:
-        if self.data is None and not callable(getattr(pl_module, "curvature_data", None)):
-            return "no data to measure on: pass data=(X, Y) or give the module a curvature_data() method"
-        if self.loss_fn is None and not callable(getattr(pl_module, "loss_fn", None)):
-            return "no loss to differentiate: pass loss_fn or give the module a loss_fn"
-        return None
+        return curvature_refusal(pl_module, self.loss_fn, self.data)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._operator = None  # one operator per fit, built at the first solve
@@ -153,14 +149,30 @@ class SharpnessMonitor(PeriodicMonitor):
 
     def _operator_for(self, pl_module: L.LightningModule) -> HessianOperator | ShardedHessianOperator:
         if self._operator is None or self._operator.model is not pl_module:
-            share = None
-            if self.data is not None:
-                data = self.data
-            else:
-                data = pl_module.curvature_data()
-                shared = getattr(pl_module, "curvature_share", None)
-                share = shared() if callable(shared) else None
-            loss_fn = self.loss_fn if self.loss_fn is not None else pl_module.loss_fn
-            op = HessianOperator(pl_module, loss_fn, data, chunk_size=self.chunk_size)
-            self._operator = op if share is None else ShardedHessianOperator(op, *share)
+            self._operator = curvature_operator(pl_module, self.loss_fn, self.data, self.chunk_size)
         return self._operator
+
+
+# --- shared by the curvature monitors ----------------------------------------------------------------------
+
+def curvature_refusal(pl_module: L.LightningModule, loss_fn: LossFn | None, data) -> str | None:
+    """Why a curvature monitor with this loss_fn and data (None: the module's) cannot measure pl_module."""
+    if data is None and not callable(getattr(pl_module, "curvature_data", None)):
+        return "no data to measure on: pass data=(X, Y) or give the module a curvature_data() method"
+    if loss_fn is None and not callable(getattr(pl_module, "loss_fn", None)):
+        return "no loss to differentiate: pass loss_fn or give the module a loss_fn"
+    return None
+
+
+def curvature_operator(pl_module: L.LightningModule, loss_fn: LossFn | None, data,
+                       chunk_size: int | None) -> HessianOperator | ShardedHessianOperator:
+    """The Hessian operator of pl_module's full-batch loss (data and loss_fn: given, else the module's); under
+    DDP with a module that says its share, the sharded operator (see the module docstring)."""
+    share = None
+    if data is None:
+        data = pl_module.curvature_data()
+        shared = getattr(pl_module, "curvature_share", None)
+        share = shared() if callable(shared) else None
+    loss_fn = loss_fn if loss_fn is not None else pl_module.loss_fn
+    op = HessianOperator(pl_module, loss_fn, data, chunk_size=chunk_size)
+    return op if share is None else ShardedHessianOperator(op, *share)
