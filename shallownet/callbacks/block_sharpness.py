@@ -56,7 +56,7 @@ class BlockSharpnessMonitor(PeriodicMonitor):
         self._blocks: dict[str, BlockOperator] = {}
 
     def refusal(self, pl_module, process) -> str | None:
-        return curvature_refusal(pl_module, self.loss_fn, self.data)
+        return curvature_refusal(pl_module, self.loss_fn, self.data, self.chunk_size)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._operator = None  # one operator per fit, built at the first measurement
