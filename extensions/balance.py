@@ -9,36 +9,43 @@ is conserved by gradient flow when everything between the two layers is positive
 GD step of size eta changes it by exactly eta^2 (|dL/dw_j|^2 - |dL/dv_j|^2). Summed over a layer's units
 it is the layer-norm balance |W_l|^2 + |b_l|^2 - |W_(l+1)|^2.
 
-Supported architectures: an nn.Sequential (nested nn.Sequentials are read as one flat sequence, names
-are module paths such as "fc1" or "features.0") of
+Supported architectures: any net torch.fx can trace (names are module paths such as "fc1", "features.0" or
+"stage1.block2.conv1") built of
 
-    weight layers   nn.Linear, nn.Conv1d/2d/3d (groups = 1)
+    weight layers   nn.Linear, nn.Conv1d/2d/3d (groups = 1), each called once
     between them    nn.ReLU, nn.LeakyReLU, nn.PReLU, max- and average-pools (also adaptive),
                     nn.Identity, nn.Dropout, nn.Flatten (start_dim 1, end_dim -1)   -> the identity holds
-                    tanh, sigmoid, GELU, SiLU, ELU, ... and BatchNorm/LayerNorm/GroupNorm
-                                                                                   -> measured only
+                    tanh, sigmoid, GELU, SiLU, ELU, ... and BatchNorm/LayerNorm/GroupNorm,
+                    sums (x + f(x): residual connections)                          -> measured only
 
-The units of weight layer l are paired with weight layer l+1: a Linear or conv after a Linear, a conv
-after a conv, or a Linear after a conv with an nn.Flatten between them (then unit j owns the block of
-columns j*s .. (j+1)*s - 1 of the Linear, s = in_features / channels: Flatten is channel-major). The last
-weight layer's outputs are the network's outputs, not units. Anything else (a module with children that
-is not an nn.Sequential, e.g. a residual block; a Linear right after a conv; a grouped or transposed
-conv; an unknown module with parameters) is refused with a ValueError naming the module.
+The units of weight layer l are read by the weight layers its outputs reach through the modules between
+(Linear or conv after a Linear, conv after a conv, Linear after a conv with an nn.Flatten on the way: then
+unit j owns the block of columns j*s .. (j+1)*s - 1 of the Linear, s = in_features / channels: Flatten is
+channel-major), through sums as well; v_j is their columns (input channels) j, all of them. A layer whose
+outputs reach the network's output is not a hidden layer. Anything else (a Linear right after a conv, a
+grouped or transposed conv, a module with parameters that is no weight layer, a function or method other
+than a sum such as torch.cat, a module called twice) is refused with a ValueError naming it.
 
-Where the identity does not hold (applies() says why): non-homogeneous activations (C_j drifts already
-under gradient flow), normalisation layers (BatchNorm makes the incoming weights scale invariant, so
-|w_j|^2 grows by eta^2 |dL/dw_j|^2 per step; w_j is still the conv's own weights and bias, BatchNorm's
-affine parameters belong to no unit). Their C_j are measured, never compared with the prediction.
+Where the identity does not hold (unit_applies() says why, per layer; applies() for the whole net):
+non-homogeneous activations (C_j drifts already under gradient flow), normalisation layers (BatchNorm makes
+the incoming weights scale invariant, so |w_j|^2 grows by eta^2 |dL/dw_j|^2 per step; w_j is still the conv's
+own weights and bias, BatchNorm's affine parameters belong to no unit), and units feeding a skip sum (in a
+ResNet's BasicBlock, conv2's units and the shortcut's, and every layer whose outputs enter the residual
+stream: rescaling unit j and its readers leaves what the other path adds unscaled). In a BasicBlock without
+BatchNorm conv1's units (conv1, ReLU, conv2) satisfy it. Where it does not hold C_j is measured, never
+compared with the prediction.
 """
 
 from __future__ import annotations
 
 import math
+import operator
+import weakref
 from dataclasses import dataclass
 
 import lightning as L
 import torch
-from torch import nn
+from torch import fx, nn
 
 from shallownet.callbacks.periodic import PeriodicMonitor
 from shallownet.callbacks.tensorboard import find_writer, log_step
@@ -60,73 +67,99 @@ NORMALISATIONS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, 
 
 @dataclass(frozen=True)
 class Units:
-    """The hidden units produced by weight layer `name`: `incoming` makes them, `outgoing` reads them."""
+    """The hidden units produced by weight layer `name`: `incoming` makes them; `outgoing` are the weight
+    layers that read them, each with its columns per unit (1, or H*W*... when a Flatten after a conv lies
+    between); `between` the modules on the way; `skip` whether the way passes a sum (a residual connection)."""
 
     name: str
     incoming: nn.Module
-    outgoing: nn.Module
-    block: int  # columns of `outgoing` per unit: 1, or H*W*... when a Flatten after a conv lies between
+    outgoing: tuple[tuple[str, nn.Module, int], ...]
     between: tuple[tuple[str, nn.Module], ...]
+    skip: bool = False
 
     @property
     def size(self) -> int:
         return self.incoming.weight.shape[0]
 
 
-def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    if not isinstance(model, nn.Sequential):
-        raise ValueError(f"balance: the model must be an nn.Sequential, got {type(model).__name__}")
-    found: list[tuple[str, nn.Module]] = []
-
-    def walk(module: nn.Sequential, prefix: str) -> None:
-        for name, child in module.named_children():
-            path = f"{prefix}{name}"
-            if isinstance(child, nn.Sequential):
-                walk(child, f"{path}.")
-            elif any(True for _ in child.children()):
-                raise ValueError(f"balance: module '{path}' ({type(child).__name__}) has submodules and is not an "
-                                 "nn.Sequential; only flat chains of layers are supported")
-            else:
-                found.append((path, child))
-
-    walk(model, "")
-    return found
+_SUMS = (operator.add, torch.add)
+_UNITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its modules, its units)
 
 
-def _check_conv(name: str, conv: nn.Module) -> None:
-    if conv.groups != 1:
-        raise ValueError(f"balance: convolution '{name}' has groups={conv.groups}; only groups=1 is supported")
+def _trace(model: nn.Module) -> tuple[fx.Graph, dict[str, nn.Module]]:
+    """The model's graph (torch.fx; torch.nn's modules, nn.Sequential excepted, stay whole), every node checked."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as err:  # noqa: BLE001  any tracing failure: the structure cannot be read
+        said = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"balance: cannot read the structure of {type(model).__name__} with torch.fx "
+                         f"({type(err).__name__}: {said})") from None
+    modules, parameters, called = dict(model.named_modules()), dict(model.named_parameters()), set()
+    for node in graph.nodes:
+        if node.op == "call_module":
+            name, module = node.target, modules[node.target]
+            if name in called:
+                raise ValueError(f"balance: module '{name}' is called more than once; its units are not defined")
+            called.add(name)
+            _check_module(name, module)
+        elif node.op in ("call_function", "call_method") and node.target not in _SUMS and node.target != "add":
+            what = getattr(node.target, "__name__", node.target)
+            raise ValueError(f"balance: operation '{what}' is not supported; between weight layers allowed are "
+                             "modules (activations, pools, Dropout, Flatten, normalisations) and sums")
+        elif node.op == "get_attr" and node.target in parameters:
+            raise ValueError(f"balance: parameter '{node.target}' is used outside a Linear or a convolution")
+    return graph, modules
 
 
-def hidden_units(model: nn.Module) -> list[Units]:
-    """The hidden units of every weight layer but the last, in order (raises ValueError where unsupported)."""
-    layers = _leaves(model)
-    weights: list[int] = []
-    for i, (name, module) in enumerate(layers):
-        if isinstance(module, WEIGHT_LAYERS):
-            if isinstance(module, nn.modules.conv._ConvNd):
-                _check_conv(name, module)
-            weights.append(i)
-        elif isinstance(module, nn.Flatten):
-            if module.start_dim != 1 or module.end_dim != -1:
-                raise ValueError(f"balance: Flatten '{name}' must flatten dims 1..-1, got "
-                                 f"{module.start_dim}..{module.end_dim}")
-        elif not isinstance(module, HOMOGENEOUS + NOT_HOMOGENEOUS + NORMALISATIONS):
-            if any(True for _ in module.parameters(recurse=False)):
-                raise ValueError(f"balance: module '{name}' ({type(module).__name__}) has parameters and is not a "
-                                 "Linear or a convolution; it belongs to no supported unit structure")
-            raise ValueError(f"balance: module '{name}' ({type(module).__name__}) is not supported; between weight "
-                             "layers allowed are activations, pools, Dropout, Flatten and normalisations")
-    units = []
-    for first, second in zip(weights[:-1], weights[1:], strict=True):
-        (name, incoming), (next_name, outgoing) = layers[first], layers[second]
-        between = tuple(layers[first + 1:second])
-        flattened = any(isinstance(m, nn.Flatten) for _, m in between)
-        out = incoming.weight.shape[0]
-        fan_in = outgoing.weight.shape[1]
-        conv_in, conv_out = not isinstance(incoming, nn.Linear), not isinstance(outgoing, nn.Linear)
+def _check_module(name: str, module: nn.Module) -> None:
+    if isinstance(module, WEIGHT_LAYERS):
+        if isinstance(module, nn.modules.conv._ConvNd) and module.groups != 1:
+            raise ValueError(f"balance: convolution '{name}' has groups={module.groups}; only groups=1 is supported")
+    elif isinstance(module, nn.Flatten):
+        if module.start_dim != 1 or module.end_dim != -1:
+            raise ValueError(f"balance: Flatten '{name}' must flatten dims 1..-1, got "
+                             f"{module.start_dim}..{module.end_dim}")
+    elif not isinstance(module, HOMOGENEOUS + NOT_HOMOGENEOUS + NORMALISATIONS):
+        if any(True for _ in module.parameters(recurse=False)):
+            raise ValueError(f"balance: module '{name}' ({type(module).__name__}) has parameters and is not a "
+                             "Linear or a convolution; it belongs to no supported unit structure")
+        raise ValueError(f"balance: module '{name}' ({type(module).__name__}) is not supported; between weight "
+                         "layers allowed are activations, pools, Dropout, Flatten and normalisations")
+
+
+def _units_of(node: fx.Node, modules: dict[str, nn.Module], order: dict[fx.Node, int]) -> Units | None:
+    """The units made by weight-layer node `node`: follow its output to the weight layers that read it (None
+    when it reaches the network's output: the last layer's outputs are not units)."""
+    name, incoming = node.target, modules[node.target]
+    readers: dict[fx.Node, bool] = {}  # reading weight-layer node -> a Flatten on the way
+    between: dict[str, nn.Module] = {}
+    skip, stack, seen = False, [(user, False) for user in node.users], set()
+    while stack:
+        here, flattened = stack.pop()
+        if (here, flattened) in seen:
+            continue
+        seen.add((here, flattened))
+        if here.op == "output":
+            return None
+        if here.op == "call_module":
+            module = modules[here.target]
+            if isinstance(module, WEIGHT_LAYERS):
+                readers[here] = readers.get(here, False) or flattened
+                continue
+            between[here.target] = module
+            flattened = flattened or isinstance(module, nn.Flatten)
+        else:  # a sum (the only other operation _trace lets through)
+            skip = True
+        stack.extend((user, flattened) for user in here.users)
+    if not readers:
+        return None
+    out, outgoing = incoming.weight.shape[0], []
+    for reader in sorted(readers, key=order.get):
+        next_name, layer, flattened = reader.target, modules[reader.target], readers[reader]
+        fan_in = layer.weight.shape[1]
+        conv_in, conv_out = not isinstance(incoming, nn.Linear), not isinstance(layer, nn.Linear)
         if conv_out and (not conv_in or flattened):
-            raise ValueError(f"balance: '{next_name}' ({type(outgoing).__name__}) after '{name}' "
+            raise ValueError(f"balance: '{next_name}' ({type(layer).__name__}) after '{name}' "
                              f"({type(incoming).__name__}){' and a Flatten' if flattened else ''} is not supported")
         if conv_in and not conv_out and not flattened:
             raise ValueError(f"balance: Linear '{next_name}' after convolution '{name}' needs an nn.Flatten "
@@ -136,12 +169,48 @@ def hidden_units(model: nn.Module) -> list[Units]:
                              f"of '{name}'")
         if not (conv_in and flattened) and fan_in != out:
             raise ValueError(f"balance: '{next_name}' takes {fan_in} inputs but '{name}' has {out} outputs")
-        units.append(Units(name, incoming, outgoing, fan_in // out, between))
+        outgoing.append((next_name, layer, fan_in // out))
+    return Units(name, incoming, tuple(outgoing), tuple(between.items()), skip)
+
+
+def hidden_units(model: nn.Module) -> list[Units]:
+    """The hidden units of every weight layer whose outputs other weight layers read, in the order of the
+    forward (raises ValueError where the structure is unsupported). Read once per model (its modules)."""
+    signature = tuple((name, type(m)) for name, m in model.named_modules())
+    cached = _UNITS.get(model)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    graph, modules = _trace(model)
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    layers = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], WEIGHT_LAYERS)]
+    units = [unit for node in layers if (unit := _units_of(node, modules, order)) is not None]
+    _UNITS[model] = (signature, units)
     return units
 
 
+def unit_applies(unit: Units) -> tuple[bool, str]:
+    """(True, "") when the identity of theory.md 8.4 holds for these units, else (False, why)."""
+    if unit.skip:
+        return False, (f"the units of '{unit.name}' feed a skip sum: rescaling them and their readers changes what "
+                       "the other path adds, so |w_j|^2 - |v_j|^2 is no conserved quantity")
+    for name, module in unit.between:
+        kind = type(module).__name__
+        if isinstance(module, NORMALISATIONS):
+            return False, (f"'{name}' ({kind}) normalises the units of '{unit.name}': their incoming weights are "
+                           "scale invariant, |w_j|^2 grows by eta^2 |dL/dw_j|^2 per step")
+        if isinstance(module, NOT_HOMOGENEOUS):
+            return False, f"'{name}' ({kind}) is not positively homogeneous: C_j drifts already under gradient flow"
+    return True, ""
+
+
+def layer_applies(model: nn.Module) -> dict[str, tuple[bool, str]]:
+    """{layer: unit_applies of its units} for every hidden layer (raises ValueError where unsupported)."""
+    return {unit.name: unit_applies(unit) for unit in hidden_units(model)}
+
+
 def applies(model: nn.Module) -> tuple[bool, str]:
-    """(True, "") when the per-unit identity of theory.md 8.4 holds for this net, else (False, why)."""
+    """(True, "") when the per-unit identity of theory.md 8.4 holds for every hidden layer, else (False, why
+    for the first layer where it does not)."""
     try:
         units = hidden_units(model)
     except ValueError as err:
@@ -149,13 +218,9 @@ def applies(model: nn.Module) -> tuple[bool, str]:
     if not units:
         return False, "no hidden units: the net has fewer than two Linear/conv layers"
     for unit in units:
-        for name, module in unit.between:
-            kind = type(module).__name__
-            if isinstance(module, NORMALISATIONS):
-                return False, (f"'{name}' ({kind}) normalises the units of '{unit.name}': their incoming weights are "
-                               "scale invariant, |w_j|^2 grows by eta^2 |dL/dw_j|^2 per step")
-            if isinstance(module, NOT_HOMOGENEOUS):
-                return False, f"'{name}' ({kind}) is not positively homogeneous: C_j drifts already under gradient flow"
+        holds, why = unit_applies(unit)
+        if not holds:
+            return False, why
     return True, ""
 
 
@@ -180,11 +245,11 @@ def _incoming_sq(unit: Units, grad: bool = False) -> torch.Tensor:
 
 
 def _outgoing_sq(unit: Units, grad: bool = False) -> torch.Tensor:
-    weight = _tensor(unit.outgoing, "weight", grad)
-    per_input = weight.square().sum(dim=0)  # Linear: [in]; conv: [in, *kernel]
-    if isinstance(unit.outgoing, nn.Linear):
-        return per_input.reshape(unit.size, unit.block).sum(dim=1)
-    return per_input.reshape(per_input.shape[0], -1).sum(dim=1)
+    total = 0
+    for _, layer, block in unit.outgoing:
+        per_input = _tensor(layer, "weight", grad).square().sum(dim=0)  # Linear: [in]; conv: [in, *kernel]
+        total = total + per_input.reshape(unit.size, block if isinstance(layer, nn.Linear) else -1).sum(dim=1)
+    return total
 
 
 @torch.no_grad()
@@ -220,6 +285,7 @@ def layer_sums(balance: dict[str, torch.Tensor]) -> dict[str, float]:
 # --- the Lightning monitor ---------------------------------------------------------------------------
 
 APPLIES = "balance/applies"
+LAYER_APPLIES = "balance/applies_{}"
 MEAN_ABS_ALL = "balance/mean_abs"
 MEAN_ABS = "balance/mean_abs_{}"
 MEAN_ABS_RATIO = "balance/mean_abs_ratio_{}"
@@ -232,12 +298,13 @@ class BalanceMonitor(PeriodicMonitor):
     """Logs the per-unit balance C_j of `pl_module.<attr>` (default `model`), at PeriodicMonitor's cadence,
     on the x-axis of shallownet.callbacks.tensorboard.log_step:
 
-        balance/applies                1 if the identity of theory.md 8.4 holds for this net, else 0
+        balance/applies                1 if the identity of theory.md 8.4 holds for every layer of this net, else 0
+        balance/applies_<layer>        1 if it holds for the units of weight layer <layer>, else 0 (unit_applies)
         balance/mean_abs               mean |C_j| over every hidden unit of the net
         balance/mean_abs_<layer>       mean_j |C_j| over the units of weight layer <layer>
         balance/mean_abs_ratio_<layer> that, over its first logged value (skipped when that is 0)
         balance/sum_<layer>            sum_j C_j = |W_l|^2 + |b_l|^2 - |W_(l+1)|^2
-        balance/pred_error_<layer>     only where the identity holds, at steps >= 1, for a process with GD's
+        balance/pred_error_<layer>     only for layers where the identity holds, at steps >= 1, for a process with GD's
                                        one-step identities: max_j |predicted - measured C_j| for the step that
                                        ended here, predicted before it from .grad and the process's lr; for
                                        gradient flow, which conserves C_j: the drift of C_j over one
@@ -254,7 +321,7 @@ class BalanceMonitor(PeriodicMonitor):
         super().__init__(every_n_steps)
         self.histograms, self.attr = histograms, attr
         self.initial_mean_abs: dict[str, float] = {}
-        self._applies: tuple[bool, str] | None = None
+        self._applies: dict[str, bool] = {}  # by layer
         self._process = None
         self._before: dict[str, torch.Tensor] | None = None  # C_j at the start of the current step
         self._prediction: dict[str, torch.Tensor] | None = None  # and after it, as the identity predicts
@@ -264,18 +331,18 @@ class BalanceMonitor(PeriodicMonitor):
 
     def refusal(self, pl_module, process) -> str | None:
         try:
-            hidden_units(self.net(pl_module))
+            units = hidden_units(self.net(pl_module))
         except (AttributeError, ValueError) as err:
             return str(err)
-        return None
+        return None if units else "balance: no hidden units: the net has fewer than two Linear/conv layers"
 
     def start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._applies = applies(self.net(pl_module))
+        self._applies = {name: holds for name, (holds, _) in layer_applies(self.net(pl_module)).items()}
         self._process = process_of(trainer, pl_module)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         # every step: whether it ends logged (at the end of a run too) is not known before it is taken
-        predicting = self._applies[0] and self._process.identities in (GD_IDENTITIES, FLOW_IDENTITIES)
+        predicting = any(self._applies.values()) and self._process.identities in (GD_IDENTITIES, FLOW_IDENTITIES)
         self._prediction = None
         self._before = unit_balance(self.net(pl_module)) if predicting else None
 
@@ -291,7 +358,8 @@ class BalanceMonitor(PeriodicMonitor):
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         balance = unit_balance(self.net(pl_module))
-        values = {APPLIES: 1.0 if self._applies[0] else 0.0}
+        values = {APPLIES: float(all(self._applies.values()))}
+        values.update({LAYER_APPLIES.format(name): float(holds) for name, holds in self._applies.items()})
         every = torch.cat([c.reshape(-1) for c in balance.values()])
         values[MEAN_ABS_ALL] = float(every.abs().mean())
         for name, value in mean_abs(balance).items():
@@ -302,7 +370,8 @@ class BalanceMonitor(PeriodicMonitor):
         values.update({SUM.format(name): value for name, value in layer_sums(balance).items()})
         if self._prediction is not None and trainer.global_step > 0:
             for name, measured in balance.items():
-                values[PRED_ERROR.format(name)] = float((self._prediction[name] - measured).abs().max())
+                if self._applies[name]:
+                    values[PRED_ERROR.format(name)] = float((self._prediction[name] - measured).abs().max())
         self._prediction = None
         writer = find_writer(trainer) if self.histograms else None
         if writer is not None:

@@ -42,6 +42,21 @@ class SharpnessConfig:
 
 
 @dataclass
+class BlockSharpnessConfig:
+    every_n_steps: int = 0  # curvature/block_sharpness_<block> tags: top eigenvalue of each block's Hessian; 0: off
+    tol: float = 1.0e-10  # relative residual of each block's eigen-solve
+    max_iter: int = 1000  # eigen-solver iterations at most per block and measurement
+    depth: int = 1  # blocks by the first `depth` parts of the parameter names (1: top-level modules)
+
+    @staticmethod
+    def validate(section, key: str) -> None:
+        require_cadence(section, key)
+        require(section.tol > 0, f"{key}.tol", "> 0", section.tol)
+        require(section.max_iter >= 1, f"{key}.max_iter", "an integer >= 1", section.max_iter)
+        require(section.depth >= 1, f"{key}.depth", "an integer >= 1", section.depth)
+
+
+@dataclass
 class TheoryConfig:
     every_n_steps: int = 0  # theory/* tags: the shallow net's exact one-step predictions under GD; 0: off
 
@@ -65,6 +80,16 @@ def build_sharpness(cfg, section):
 
     return SharpnessMonitor(every_n_steps=section.every_n_steps, tol=section.tol, max_iter=section.max_iter,
                             top_k=section.top_k, chunk_size=cfg.train.chunk_size)
+
+
+@register_monitor("block_sharpness", BlockSharpnessConfig)
+def build_block_sharpness(cfg, section):
+    if not section.every_n_steps:
+        return None
+    from shallownet.callbacks.block_sharpness import BlockSharpnessMonitor
+
+    return BlockSharpnessMonitor(every_n_steps=section.every_n_steps, tol=section.tol, max_iter=section.max_iter,
+                                 depth=section.depth, chunk_size=cfg.train.chunk_size)
 
 
 @register_monitor("theory", TheoryConfig)

@@ -135,11 +135,11 @@ def test_per_unit_euler_identity_and_layer_sums(name):
     x, y = problem(image)
     half_sum_mse(model(x), y).backward()
     for unit in hidden_units(model):
-        w, b, v = unit.incoming.weight, unit.incoming.bias, unit.outgoing.weight
+        (_, reader, block), = unit.outgoing  # a chain: one reader
+        w, b, v = unit.incoming.weight, unit.incoming.bias, reader.weight
         inner_w = (w * w.grad).reshape(unit.size, -1).sum(1) + b * b.grad
         per_input = (v * v.grad).sum(0)
-        inner_v = (per_input.reshape(unit.size, unit.block).sum(1) if isinstance(unit.outgoing, nn.Linear)
-                   else per_input.reshape(unit.size, -1).sum(1))
+        inner_v = per_input.reshape(unit.size, block if isinstance(reader, nn.Linear) else -1).sum(1)
         torch.testing.assert_close(inner_w, inner_v, rtol=1e-10, atol=1e-14)
         assert float(inner_w.detach().abs().max()) > 1e-8  # not trivially zero
         norms = float((w.square().sum() + b.square().sum() - v.square().sum()).detach())
@@ -147,7 +147,7 @@ def test_per_unit_euler_identity_and_layer_sums(name):
     names = [u.name for u in hidden_units(model)]
     assert names == (["fc1", "fc2"] if name == "relu_mlp" else ["features.0", "features.3", "fc"])
     if name == "relu_cnn":
-        assert [u.block for u in hidden_units(model)] == [1, 4, 1]  # the Flatten after a 3-channel 2x2 map
+        assert [u.outgoing[0][2] for u in hidden_units(model)] == [1, 4, 1]  # the Flatten after a 3-channel 2x2 map
     summary = mean_abs(unit_balance(model))
     assert summary.keys() == set(names) and all(v >= 0 for v in summary.values())
 
@@ -225,18 +225,33 @@ def test_non_homogeneous_activations_and_normalisations_are_reported():
                                                               "Linear/conv layers")
 
 
-class Residual(nn.Module):
+class Concatenate(nn.Module):
     def __init__(self):
         super().__init__()
         self.inner = nn.Linear(3, 3)
 
     def forward(self, x):
-        return x + self.inner(x)
+        return torch.cat([x, self.inner(x)], dim=1)
+
+
+class Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.inner(self.inner(x))
+
+
+class Branching(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x
 
 
 @pytest.mark.parametrize(("model", "says"), [
-    (Residual(), "must be an nn.Sequential"),
-    (nn.Sequential(nn.Linear(3, 3), Residual(), nn.Linear(3, 2)), "'1' (Residual) has submodules"),
+    (nn.Sequential(nn.Linear(3, 3), Concatenate(), nn.Linear(6, 2)), "operation 'cat' is not supported"),
+    (nn.Sequential(nn.Linear(3, 3), Twice(), nn.Linear(3, 2)), "'1.inner' is called more than once"),
+    (nn.Sequential(nn.Linear(3, 3), Branching(), nn.Linear(3, 2)), "cannot read the structure of Sequential"),
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Linear(4, 2)), "needs an nn.Flatten"),
     (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Conv2d(4, 2, 1)), "'2' (Conv2d) after '0' (Linear)"),
     (nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2)), "groups=2"),

@@ -4,8 +4,12 @@ stability threshold of the process that trains it.
 The model is the LightningModule itself (its trainable parameters). Data: `data=(X, Y)` if given, else
 `pl_module.curvature_data()`. Loss: `loss_fn(outputs, targets)` (a mean) if given, else
 `pl_module.loss_fn`. Eigenvalues come from warm-started Lanczos on Hessian-vector products; the dense
-Hessian is never formed. The operator is built once per fit, at its first solve. What the threshold is,
-and whether it is for the Hessian or for the preconditioned Hessian P^-1 H, the process says
+Hessian is never formed. The HVP method is the one the capability probe picks (shallownet.curvature.probe:
+the methods against each other and finite differences on a random direction, once per module, device and
+dtype: in `refusal`, so before a run and again at train start on the run's device); where none can be
+trusted the monitor refuses with the probe's one-line reason. The operator is built once per fit, at its
+first solve. What the threshold is, and whether it is for the Hessian or for the preconditioned Hessian
+P^-1 H, the process says
 (shallownet.processes.base.process_of: the module's own process, or the view of its torch optimizer).
 
 Under DDP, a module whose curvature_data() is this rank's shard of the data says so with
@@ -30,6 +34,7 @@ from shallownet.callbacks.tensorboard import find_writer
 from shallownet.curvature import EigenResult, EigenTracker, HessianOperator
 from shallownet.curvature.distributed import ShardedHessianOperator
 from shallownet.curvature.operators import LossFn, PreconditionedOperator, full_precision
+from shallownet.curvature.probe import ProbeResult, probe_hvp
 from shallownet.processes.base import process_of
 
 SHARPNESS = "curvature/sharpness"
@@ -85,11 +90,7 @@ class SharpnessMonitor(PeriodicMonitor):
     # --- hooks ------------------------------------------------------------------------------------------
 
     def refusal(self, pl_module, process) -> str | None:
-        if self.data is None and not callable(getattr(pl_module, "curvature_data", None)):
-            return "no data to measure on: pass data=(X, Y) or give the module a curvature_data() method"
-        if self.loss_fn is None and not callable(getattr(pl_module, "loss_fn", None)):
-            return "no loss to differentiate: pass loss_fn or give the module a loss_fn"
-        return None
+        return curvature_refusal(pl_module, self.loss_fn, self.data, self.chunk_size)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._operator = None  # one operator per fit, built at the first solve
@@ -159,14 +160,47 @@ class SharpnessMonitor(PeriodicMonitor):
 
     def _operator_for(self, pl_module: L.LightningModule) -> HessianOperator | ShardedHessianOperator:
         if self._operator is None or self._operator.model is not pl_module:
-            share = None
-            if self.data is not None:
-                data = self.data
-            else:
-                data = pl_module.curvature_data()
-                shared = getattr(pl_module, "curvature_share", None)
-                share = shared() if callable(shared) else None
-            loss_fn = self.loss_fn if self.loss_fn is not None else pl_module.loss_fn
-            op = HessianOperator(pl_module, loss_fn, data, chunk_size=self.chunk_size)
-            self._operator = op if share is None else ShardedHessianOperator(op, *share)
+            self._operator = curvature_operator(pl_module, self.loss_fn, self.data, self.chunk_size)
         return self._operator
+
+
+# --- shared by the curvature monitors ----------------------------------------------------------------------
+
+def curvature_refusal(pl_module: L.LightningModule, loss_fn: LossFn | None, data,
+                      chunk_size: int | None = None) -> str | None:
+    """Why a curvature monitor with this loss_fn and data (None: the module's) cannot measure pl_module: no
+    data, no loss, or no HVP method that passes the capability probe (shallownet.curvature.probe)."""
+    if data is None and not callable(getattr(pl_module, "curvature_data", None)):
+        return "no data to measure on: pass data=(X, Y) or give the module a curvature_data() method"
+    if loss_fn is None and not callable(getattr(pl_module, "loss_fn", None)):
+        return "no loss to differentiate: pass loss_fn or give the module a loss_fn"
+    return _probe(pl_module, loss_fn, data, chunk_size).refusal
+
+
+def curvature_operator(pl_module: L.LightningModule, loss_fn: LossFn | None, data,
+                       chunk_size: int | None) -> HessianOperator | ShardedHessianOperator:
+    """The Hessian operator of pl_module's full-batch loss (data and loss_fn: given, else the module's), by
+    the HVP method the capability probe chose; under DDP with a module that says its share, the sharded
+    operator (see the module docstring)."""
+    probe = _probe(pl_module, loss_fn, data, chunk_size)
+    if probe.method is None:
+        raise ValueError(probe.refusal)
+    loss_fn, data, share = _resolve(pl_module, loss_fn, data)
+    op = HessianOperator(pl_module, loss_fn, data, chunk_size=chunk_size, method=probe.method)
+    return op if share is None else ShardedHessianOperator(op, *share)
+
+
+def _resolve(pl_module, loss_fn, data):
+    """(loss_fn, data, share): the given ones, else the module's; share (rows here, rows in all) or None."""
+    share = None
+    if data is None:
+        data = pl_module.curvature_data()
+        shared = getattr(pl_module, "curvature_share", None)
+        share = shared() if callable(shared) else None
+    return (loss_fn if loss_fn is not None else pl_module.loss_fn), data, share
+
+
+def _probe(pl_module, loss_fn, data, chunk_size) -> ProbeResult:
+    """The capability probe on this rank's data, once per module, device and dtype (probe_hvp's cache)."""
+    loss_fn, data, _ = _resolve(pl_module, loss_fn, data)
+    return probe_hvp(pl_module, loss_fn, data, chunk_size=chunk_size)
