@@ -1,4 +1,5 @@
-"""Linear regression data with a chosen spectrum of X^T X (data.kind=linear_regression)."""
+"""Linear regression data with a chosen spectrum of X^T X (data.kind=linear_regression), and a user's own
+.npz (data.kind=file)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,16 @@ def load_linear_regression(cfg, dtype) -> FullBatchData:
     d = cfg.data
     x, y, _ = linear_regression(d.n, d.d, d.noise, d.seed, None if d.spectrum is None else list(d.spectrum), dtype)
     return FullBatchData(x, y, target=None)
+
+
+def load_file(cfg, dtype) -> FullBatchData:
+    """x, y (and x_test, y_test) of data.path: floating arrays in the run's dtype, integer ones (labels,
+    tokens) as int64."""
+    from extensions.sgd_kinds import read_npz
+
+    def tensor(array):
+        t = torch.from_numpy(array.copy())
+        return t.to(dtype) if t.is_floating_point() else t.long()
+
+    arrays = {name: tensor(array) for name, array in read_npz(cfg.data.path).items()}
+    return FullBatchData(arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test"), target=None)

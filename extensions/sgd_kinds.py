@@ -1,10 +1,11 @@
 """Vector-input kinds for the SGD experiments (light: no torch at import): data kinds linear_regression and
-file (extensions/sgd_data.py), model kind diagonal_linear (extensions/diagonal_linear.py)."""
+file (an .npz of x and y, for every model whose input shape fits; extensions/sgd_data.py), model kind
+diagonal_linear (extensions/diagonal_linear.py)."""
 
 from dataclasses import dataclass
 from typing import List, Optional  # noqa: UP035 (omegaconf reads typing.List / Optional only)
 
-from shallownet.checks import require, require_memory
+from shallownet.checks import ConfigError, require, require_memory
 from shallownet.registry import register_data, register_model
 
 
@@ -39,6 +40,55 @@ class DiagonalLinearConfig:
         require(cfg.model.scale > 0, "model.scale", "> 0", cfg.model.scale)
 
 
+def read_npz(path: str) -> dict:
+    """The arrays x, y (and x_test, y_test if both are there) of an .npz, pickles refused; any defect a
+    ConfigError naming data.path, in one line."""
+    import numpy as np
+
+    def refuse(why: str):
+        raise ConfigError(f"config key 'data.path' ({path!r}): {why}")
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in ("x", "y", "x_test", "y_test") if name in archive.files}
+    except FileNotFoundError:
+        refuse("no such file")
+    except ValueError as error:  # object arrays need pickles, which are refused; or not an .npz at all
+        refuse(f"not an .npz of plain arrays ({str(error).splitlines()[0]})")
+    except OSError as error:
+        refuse(f"cannot be read as an .npz ({error})")
+    for name in ("x", "y"):
+        if name not in arrays:
+            refuse(f"holds no array {name!r} (it has {sorted(arrays) or 'none of x, y, x_test, y_test'})")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        refuse("holds one of x_test, y_test without the other")
+    for x_name, y_name in (("x", "y"), ("x_test", "y_test")):
+        if x_name not in arrays:
+            continue
+        x, y = arrays[x_name], arrays[y_name]
+        if x.ndim < 1 or y.ndim < 1 or len(x) != len(y) or len(x) == 0:
+            refuse(f"{x_name} {x.shape} and {y_name} {y.shape} must have the same number of rows, at least one")
+        for name, array in ((x_name, x), (y_name, y)):
+            if array.dtype.kind not in "biuf":
+                refuse(f"{name} has dtype {array.dtype}, not numbers")
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                refuse(f"{name} holds NaN or infinite values")
+    if "x_test" in arrays and arrays["x_test"].shape[1:] != arrays["x"].shape[1:]:
+        refuse(f"x_test rows {arrays['x_test'].shape[1:]} differ from x rows {arrays['x'].shape[1:]}")
+    return arrays
+
+
+@dataclass
+class FileConfig:
+    path: str = ""  # an .npz holding arrays x and y (optionally x_test and y_test); loaded without pickles
+
+    @staticmethod
+    def validate(cfg) -> None:
+        require(bool(cfg.data.path), "data.path", "the path of an .npz holding x and y", cfg.data.path)
+        read_npz(cfg.data.path)
+
+
 register_data("linear_regression", LinearRegressionConfig, "extensions.sgd_data:load_linear_regression")
 register_model("diagonal_linear", DiagonalLinearConfig, "extensions.diagonal_linear:build_diagonal_linear",
                default_data="linear_regression", convergence="loss", loss="half_mse")
+register_data("file", FileConfig, "extensions.sgd_data:load_file")
