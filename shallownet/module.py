@@ -3,8 +3,9 @@
 Manual optimisation. Each training_step judges the current state with the run's StopRule (converged,
 diverged, a budget, an interruption) and, if the run goes on, takes one step of the run's process
 (shallownet.processes): a discrete process (GD, momentum, Adam, ...) applies the full-batch gradient computed
-first (chunked; it also serves the judgement), an integrating one (gradient flow) calls the closure as often
-as its stages need. The data set lives on the module's device, placed once.
+first (chunked; it also serves the judgement), a minibatch one (SGD) the gradient on the rows of its
+batch_indices(step) (the judgement measures the full-batch loss apart), an integrating one (gradient
+flow) calls the closure as often as its stages need. The data set lives on the module's device, placed once.
 
 Under Lightning's DDP (several processes) each process keeps one block of the rows (shallownet.distributed)
 and every sum over the data is summed over the processes too, so the run is the one-process run: the
@@ -89,6 +90,8 @@ class FullBatchModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         world = self.trainer.world_size
+        if world > 1 and self.process.minibatch:
+            raise ValueError(f"{self.process.method} draws mini-batches of all rows: it runs on one process")
         if world > 1:  # DDP: this rank's block of the rows, the rest never reaches its device
             distributed.check_trainer(self.trainer)
             source = self._source if self._source is not None else self.trainer.datamodule.data
@@ -169,16 +172,21 @@ class FullBatchModule(L.LightningModule):
         wrapper = None if trainer is None else trainer.strategy.model
         return wrapper.no_sync() if isinstance(wrapper, DistributedDataParallel) else nullcontext()
 
-    def compute_gradient(self) -> torch.Tensor:
+    def compute_gradient(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Zero the gradients, then accumulate the full-batch gradient chunk by chunk; returns the loss.
+        With `rows` (indices, one process only): the gradient of the mean loss over those rows.
 
         Under DDP each rank accumulates its shard's part (weights n_i / N, N global) and one all-reduce sums
         the gradients, the loss and the ranks' stop requests."""
         for p in self.model.parameters():
             p.grad = None
         total = torch.zeros((), dtype=self._value_dtype(), device=self.device)
+        inputs, targets, total_rows = self.data.x, self.data.y, self._total()
+        if rows is not None:
+            rows = rows.to(inputs.device)
+            inputs, targets, total_rows = inputs[rows], targets[rows], len(rows)
         with self._no_gradient_sync():
-            for x, y, weight in self._chunks(self.data.x, self.data.y, self._total()):
+            for x, y, weight in self._chunks(inputs, targets, total_rows):
                 loss = self.loss_fn(self.model(x), y) * weight
                 self.manual_backward(loss)
                 total = total + loss.detach()
@@ -291,8 +299,8 @@ class FullBatchModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         optimizer = self.optimizers()
-        integrates = self.process.integrates
-        if integrates:
+        integrates, minibatch = self.process.integrates, self.process.minibatch
+        if integrates or minibatch:  # the verdict is on the full-batch loss, measured apart
             loss, verdict = None, self.judge()
         else:
             loss = self.compute_gradient()
@@ -303,6 +311,9 @@ class FullBatchModule(L.LightningModule):
             return None
         if integrates:
             optimizer.step(closure=self.compute_gradient)
+        elif minibatch:
+            loss = self.compute_gradient(self.process.batch_indices(self.trainer.global_step, len(self.data.x)))
+            optimizer.step()  # the batch's gradient
         else:
             optimizer.step()  # the gradient above
         return loss

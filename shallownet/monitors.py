@@ -65,6 +65,19 @@ class TheoryConfig:
         require_cadence(section, key)
 
 
+@dataclass
+class BatchSharpnessConfig:
+    every_n_steps: int = 0  # curvature/step_sharpness, batch_sharpness(_stderr), gni, batch_lambda_max; 0: off
+    n_batches: int = 100  # fresh batches (of the training batch size) per Monte Carlo estimate
+    exact: bool = False  # enumerate every one of the C(n, b) batches instead (small data only)
+    seed: int = 0  # seed of the monitor's own batch generator (never the run's)
+
+    @staticmethod
+    def validate(section, key: str) -> None:
+        require_cadence(section, key)
+        require(section.n_batches >= 2, f"{key}.n_batches", "an integer >= 2", section.n_batches)
+
+
 @register_monitor("dynamics", DynamicsConfig)
 def build_dynamics(cfg, section):
     from shallownet.callbacks.dynamics import DynamicsMonitor
@@ -99,3 +112,13 @@ def build_theory(cfg, section):
     from shallownet.callbacks.theory import TheoryMonitor
 
     return TheoryMonitor(section.every_n_steps)
+
+
+@register_monitor("batch_sharpness", BatchSharpnessConfig)
+def build_batch_sharpness(cfg, section):
+    if not section.every_n_steps:
+        return None
+    from shallownet.callbacks.batch_sharpness import BatchSharpnessMonitor
+
+    return BatchSharpnessMonitor(section.every_n_steps, n_batches=section.n_batches, exact=section.exact,
+                                 seed=section.seed)

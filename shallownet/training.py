@@ -117,6 +117,9 @@ def build(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> Pieces
     _check_distributed(cfg, model, len(data.x))
     rule = StopRule(t.tol, t.divergence_norm, t.max_steps, float("inf") if t.max_time is None else t.max_time)
     process = registry.process_kind(cfg.optim.method).build(cfg.optim)
+    why = process.refusal(len(data.x))
+    if why is not None:
+        raise ConfigError(why)
     module = FullBatchModule(model, LOSSES[cfg.loss or model_kind.loss], process, rule,
                              convergence=t.convergence or model_kind.convergence, chunk_size=t.chunk_size,
                              time_unit=t.time_unit)

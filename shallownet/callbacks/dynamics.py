@@ -47,7 +47,9 @@ class DynamicsMonitor(PeriodicMonitor):
         step = trainer.global_step
         values = {f"dynamics/{name}": value for name, value in scalars.items()}
         values[PROCESS_STEP] = float(step)
-        values[PROCESS_TIME] = process_of(trainer, pl_module).time(step)
+        process = process_of(trainer, pl_module)
+        values[PROCESS_TIME] = process.time(step)
+        values.update(process.clock(step))
         writer = find_writer(trainer)
         if writer is not None:
             x = log_step(trainer, pl_module)

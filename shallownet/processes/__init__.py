@@ -10,6 +10,7 @@ derives each stability threshold.
     nesterov  torch.optim.SGD(momentum=beta, nesterov=True)
     rmsprop   torch.optim.RMSprop(alpha, eps)             no momentum, not centred
     adam      torch.optim.Adam(betas, eps)                bias-corrected
+    sgd       torch.optim.SGD(momentum=beta) on mini-batches drawn without replacement (processes.stochastic)
     flow      gradient flow d(theta)/dt = -g, adaptive Dormand-Prince 5(4)
 """
 
@@ -47,6 +48,21 @@ class MomentumConfig:
     def validate(section, prefix: str = "optim") -> None:
         _positive(section, prefix, "lr")
         _in_unit_interval(f"{prefix}.momentum", section.momentum)
+
+
+@dataclass
+class SGDConfig:
+    lr: float = 0.1  # step size eta
+    momentum: float = 0.0  # beta of torch.optim.SGD's heavy ball (0: plain SGD)
+    batch_size: int = 32  # rows per step, drawn without replacement within an epoch
+    batch_seed: int = 0  # seed of the batch order's torch.Generator (checkpointed with the run)
+    drop_last: bool = False  # drop an epoch's last batch when it is short
+
+    @staticmethod
+    def validate(section, prefix: str = "optim") -> None:
+        _positive(section, prefix, "lr")
+        _in_unit_interval(f"{prefix}.momentum", section.momentum)
+        require(section.batch_size >= 1, f"{prefix}.batch_size", "an integer >= 1", section.batch_size)
 
 
 @dataclass
@@ -108,6 +124,14 @@ def build_nesterov(section):
     from shallownet.processes.descent import Nesterov
 
     return Nesterov(lr=section.lr, momentum=section.momentum)
+
+
+@register_process("sgd", SGDConfig)
+def build_sgd(section):
+    from shallownet.processes.stochastic import SGD
+
+    return SGD(lr=section.lr, momentum=section.momentum, batch_size=section.batch_size,
+               batch_seed=section.batch_seed, drop_last=section.drop_last)
 
 
 @register_process("rmsprop", RMSpropConfig)

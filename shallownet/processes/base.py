@@ -35,6 +35,7 @@ class Process:
     identities: str | None = None
     preconditioned = False
     integrates = False
+    minibatch = False  # each step's gradient is that of batch_indices(step, rows), not of all rows
 
     def __init__(self, **hyperparameters):
         self.hyperparameters = hyperparameters
@@ -78,6 +79,18 @@ class Process:
         """A preconditioned process's diagonal P, flat over the parameters with requires_grad, as of its last
         step (None before the first step, and for processes without one)."""
         return None
+
+    def refusal(self, rows: int) -> str | None:
+        """Why this process cannot train on `rows` training rows, a sentence naming the config key (None: it can)."""
+        return None
+
+    def batch_indices(self, step: int, rows: int) -> torch.Tensor | None:
+        """The rows step `step` takes its gradient on, for a minibatch process (None: all of them)."""
+        return None
+
+    def clock(self, step: int) -> dict[str, float]:
+        """process/* tags of the process's own beyond process/step and process/time (SGD: process/epoch)."""
+        return {}
 
     def describe(self) -> dict:
         """`method` and the hyperparameters, for summaries and the hparams entry."""
