@@ -188,6 +188,19 @@ class DormandPrince(FlowIntegrator):
         return min(100 * h0, h1)
 
 
+class DriftedDormandPrince(DormandPrince):
+    """DormandPrince on d(theta)/dt = -(g + drift(g)), g = grad L: `drift` is called with the parameters at
+    the point of g (the modified and central flows of shallownet.processes.flows add their terms so)."""
+
+    def __init__(self, params: Iterable[torch.Tensor], drift: Callable[[torch.Tensor], torch.Tensor], **options):
+        super().__init__(params, **options)
+        self.drift = drift
+
+    def _velocity(self, closure, flat):
+        velocity, loss = super()._velocity(closure, flat)
+        return velocity - self.drift(-velocity), loss
+
+
 def _stable_step(y6: torch.Tensor, k6: torch.Tensor, y7: torch.Tensor, k7: torch.Tensor) -> float:
     """STABLE_STEP / S with S = |f(y7) - f(y6)| / |y7 - y6|, the curvature along the last step from two
     stages that share the time t + h (Hairer's stiffness estimate for DOPRI5); inf when it is unknown."""

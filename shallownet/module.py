@@ -129,7 +129,17 @@ class FullBatchModule(L.LightningModule):
         return self.model(x)
 
     def configure_optimizers(self):
-        return self.process.make_optimizer(self.model.parameters(), max_time=self.rule.max_time)
+        return self.process.make_optimizer(self.model.parameters(), max_time=self.rule.max_time,
+                                           curvature=self._curvature_operator)
+
+    def _curvature_operator(self):
+        """The HessianOperator of the full-batch loss, for a process whose velocity needs Hessian products."""
+        from shallownet.curvature import HessianOperator
+
+        if self.shard is not None:
+            raise ValueError(f"{self.process.method} takes Hessian products of the whole data set: run it on one "
+                             "process (trainer.devices=1)")
+        return HessianOperator(self.model, self.loss_fn, self.curvature_data(), chunk_size=self.chunk_size)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["process"] = self.process.state_dict()

@@ -7,6 +7,7 @@
     top3 = lanczos(op, k=3)                           # repeated eigenvalues as often as they occur
     tracker = EigenTracker(k=1); tracker.solve(op)    # warm starts along a trajectory, done for you
     estimate = density(op); estimate.smoothed()       # spectral density, stochastic Lanczos quadrature
+    third_order(op, us, vs).products                 # grad_w(u_i^T H v_i) for a batch of pairs
     block_sharpness(op, "stage2")                     # top eigenvalue of H restricted to stage2.*'s parameters
 
 Measuring leaves the run alone: products draw nothing from the global random stream (one fixed dropout
@@ -18,6 +19,7 @@ from shallownet.curvature.dense import dense_hessian
 from shallownet.curvature.density import DensityEstimate, density
 from shallownet.curvature.eigen import EigenResult, lanczos, power_iteration, top_eigenvalue
 from shallownet.curvature.operators import METHODS, HessianOperator, flat_parameters, trainable_parameters
+from shallownet.curvature.third_order import ThirdOrderResult, third_order
 from shallownet.curvature.trace import TraceEstimate, hutchinson
 from shallownet.curvature.tracking import EigenTracker
 
@@ -28,6 +30,7 @@ __all__ = [
     "EigenResult",
     "EigenTracker",
     "HessianOperator",
+    "ThirdOrderResult",
     "TraceEstimate",
     "block_sharpness",
     "dense_hessian",
@@ -37,6 +40,7 @@ __all__ = [
     "lanczos",
     "parameter_blocks",
     "power_iteration",
+    "third_order",
     "top_eigenvalue",
     "trainable_parameters",
 ]

@@ -12,6 +12,7 @@ derives each stability threshold.
     adam      torch.optim.Adam(betas, eps)                bias-corrected
     sgd       torch.optim.SGD(momentum=beta) on mini-batches drawn without replacement (processes.stochastic)
     flow      gradient flow d(theta)/dt = -g, adaptive Dormand-Prince 5(4)
+    modified_flow  d(theta)/dt = -(g + (lr/2) H g), the modified equation of GD at lr (Barrett & Dherin 2021)
 """
 
 from dataclasses import dataclass, field
@@ -105,6 +106,16 @@ class FlowConfig:
                 section.max_step)
 
 
+@dataclass
+class ModifiedFlowConfig(FlowConfig):
+    lr: float = 0.1  # the GD step size eta the flow models (its clock is GD's, t = eta k)
+
+    @staticmethod
+    def validate(section, prefix: str = "optim") -> None:
+        FlowConfig.validate(section, prefix)
+        _positive(section, prefix, "lr")
+
+
 @register_process("gd", GDConfig)
 def build_gd(section):
     from shallownet.processes.descent import GradientDescentProcess
@@ -153,3 +164,10 @@ def build_flow(section):
     from shallownet.processes.flows import GradientFlow
 
     return GradientFlow(rtol=section.rtol, atol=section.atol, max_step=section.max_step)
+
+
+@register_process("modified_flow", ModifiedFlowConfig)
+def build_modified_flow(section):
+    from shallownet.processes.flows import ModifiedFlow
+
+    return ModifiedFlow(lr=section.lr, rtol=section.rtol, atol=section.atol, max_step=section.max_step)

@@ -12,11 +12,13 @@ plain torch optimizer in anyone's LightningModule. A process is plain Python unt
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+    from shallownet.curvature import HessianOperator
 
 GD_IDENTITIES = "gd"  # each step is theta - lr * (full-batch gradient at theta): theory.md sections 3, 8
 FLOW_IDENTITIES = "flow"  # gradient flow: every Q_i, D_l and C_j is conserved
@@ -28,7 +30,8 @@ class Process:
     Class attributes a process sets: `method` (its registered name); `identities` (GD_IDENTITIES,
     FLOW_IDENTITIES or None); `preconditioned` (its threshold is for lambda_max(P^-1 H) with P its
     preconditioner, not for the Hessian's); `integrates` (step(closure) evaluates the gradients itself, as an
-    ODE integrator does; otherwise step() applies the full-batch gradient the run left in .grad).
+    ODE integrator does; otherwise step() applies the full-batch gradient the run left in .grad);
+    `needs_curvature` (its velocity takes Hessian products of the run's loss: make_optimizer's `curvature`).
     """
 
     method = "unknown"
@@ -36,10 +39,12 @@ class Process:
     preconditioned = False
     integrates = False
     minibatch = False  # each step's gradient is that of batch_indices(step, rows), not of all rows
+    needs_curvature = False
 
     def __init__(self, **hyperparameters):
         self.hyperparameters = hyperparameters
         self.optimizer: torch.optim.Optimizer | None = None
+        self.curvature: Callable[[], HessianOperator] | None = None
 
     def __repr__(self) -> str:
         keys = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())
@@ -50,8 +55,14 @@ class Process:
         """The step size eta of a discrete process; None for a flow."""
         return self.hyperparameters.get("lr")
 
-    def make_optimizer(self, params: Iterable[torch.Tensor], max_time: float = math.inf) -> torch.optim.Optimizer:
-        """The optimizer over `params`, kept as self.optimizer (max_time: where a flow lands exactly)."""
+    def make_optimizer(self, params: Iterable[torch.Tensor], max_time: float = math.inf,
+                       curvature: Callable[[], HessianOperator] | None = None) -> torch.optim.Optimizer:
+        """The optimizer over `params`, kept as self.optimizer (max_time: where a flow lands exactly;
+        curvature: makes the HessianOperator of the run's loss over those parameters, for a process that
+        needs_curvature; it is called at the first step, once the data is in place)."""
+        if self.needs_curvature and curvature is None:
+            raise ValueError(f"{self.method} needs the Hessian products of the loss: pass make_optimizer a curvature")
+        self.curvature = curvature
         self.optimizer = self._optimizer(list(params), max_time)
         return self.optimizer
 

@@ -1,17 +1,25 @@
-"""Gradient flow as a process: d(theta)/dt = -grad L, integrated by adaptive Dormand-Prince 5(4).
+"""The flows as processes, each integrated by adaptive Dormand-Prince 5(4) (shallownet.flow.DormandPrince).
 
-The paper's foil: it conserves every layer imbalance, has no step size and so no stability threshold. One
-step is one accepted integration step; its clock is the flow time the integrator has reached.
+    flow           d(theta)/dt = -grad L                                 gradient flow, the paper's foil
+    modified_flow  d(theta)/dt = -grad (L + (eta/4) |grad L|^2)          Barrett & Dherin (ICLR 2021)
+
+One step is one accepted integration step; the clock is the flow time reached. The flows that model GD at a
+step size eta (key lr) run on GD's clock t = eta k, the x-axis compare shares: in GD steps s = t / eta the
+modified flow is the paper's d(theta)/ds = -eta grad(L + (eta/4) |grad L|^2). Gradient flow conserves every
+layer imbalance and has no step size, so no stability threshold.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from shallownet.processes.base import FLOW_IDENTITIES, Process
 
 if TYPE_CHECKING:
+    import torch
+
     from shallownet.flow import FlowIntegrator
 
 
@@ -32,11 +40,16 @@ class GradientFlow(Process):
         return view
 
     def _optimizer(self, params, max_time):
-        from shallownet.flow import DormandPrince
+        return self._integrator(params, max_time)
+
+    def _integrator(self, params, max_time, drift: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """Dormand-Prince on d(theta)/dt = -(g + drift(g)), g = grad L (drift None: gradient flow)."""
+        from shallownet.flow import DormandPrince, DriftedDormandPrince
 
         h = self.hyperparameters
-        return DormandPrince(params, rtol=h["rtol"], atol=h["atol"], max_step=h["max_step"] or math.inf,
-                             t_stop=max_time if math.isfinite(max_time) else None)
+        options = dict(rtol=h["rtol"], atol=h["atol"], max_step=h["max_step"] or math.inf,
+                       t_stop=max_time if math.isfinite(max_time) else None)
+        return DormandPrince(params, **options) if drift is None else DriftedDormandPrince(params, drift, **options)
 
     def time_per_step(self) -> None:
         return None
@@ -46,3 +59,36 @@ class GradientFlow(Process):
 
     def work(self, steps: int) -> dict:
         return {"grad_evals": self.optimizer.grad_evals, "rejected": self.optimizer.rejected}
+
+
+class ModifiedFlow(GradientFlow):
+    """The modified equation of GD at step size lr to first order in lr: d(theta)/dt = -(g + (lr/2) H g).
+
+    Each velocity is one gradient and one Hessian-vector product (double backward). On the shallow net it
+    shrinks every imbalance Q_i at dQ_i/dt = -lr eps^2 Q_i (theory.md section 9), the first order of GD's
+    factor 1 - lr^2 eps^2 per step; gradient flow keeps Q_i."""
+
+    method = "modified_flow"
+    identities = None
+    needs_curvature = True
+
+    def __init__(self, lr: float, rtol: float, atol: float, max_step: float | None = None):
+        Process.__init__(self, lr=lr, rtol=rtol, atol=atol, max_step=max_step)
+        self._operator = None
+
+    def operator(self):
+        """The run's HessianOperator, made at first use (when the data is in place)."""
+        if self._operator is None:
+            self._operator = self.curvature()
+        return self._operator
+
+    def _optimizer(self, params, max_time):
+        return self._integrator(params, max_time, drift=lambda g: 0.5 * self.lr * self.operator()(g))
+
+    def threshold(self) -> float:
+        """2 / lr: the threshold of the GD it models."""
+        return 2.0 / self.lr
+
+    def work(self, steps: int) -> dict:
+        return {**super().work(steps), "hvps": self.optimizer.grad_evals}
+
