@@ -7,7 +7,7 @@ modular_addition, sorting, copying. Omegaconf structured configs: no `from __fut
 from dataclasses import dataclass
 from typing import Any, Optional  # noqa: UP035  (omegaconf reads typing.Optional)
 
-from extensions.real_kinds import DEFAULT_DATA, LOSS, data_section, model_section
+from extensions.real_kinds import DEFAULT_DATA, LOSS, data_section, model_section, require_init_scale
 from shallownet.checks import require, require_memory
 from shallownet.registry import register_data, register_model
 
@@ -24,6 +24,7 @@ class TransformerConfig:
     positions: str = "learned"  # learned | sinusoidal
     layer_norm: bool = True  # false: no LayerNorm anywhere (blocks x + attention(x), x + MLP(x))
     seed: int = 0  # random seed of the initialisation (global RNG untouched)
+    init_scale: float = 1.0  # every parameter of that initialisation times this
     num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
 
     @staticmethod
@@ -36,6 +37,7 @@ class TransformerConfig:
         require(m.positions in POSITIONS, "model.positions", f"one of {', '.join(POSITIONS)}", m.positions)
         require(m.num_outputs is None or m.num_outputs >= 1, "model.num_outputs", "null or an integer >= 1",
                 m.num_outputs)
+        require_init_scale(m)
 
 
 @dataclass
@@ -85,6 +87,7 @@ class ResNetConfig:
     stages: int = 3  # the first block of stages 2.. halves the image
     batch_norm: bool = False  # BatchNorm on full-batch statistics (and conv biases dropped)
     seed: int = 0  # random seed of PyTorch's default initialisation
+    init_scale: float = 1.0  # every parameter of that initialisation times this (a sweep cell rerun alone)
     num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
 
     @staticmethod
@@ -95,6 +98,7 @@ class ResNetConfig:
         require(m.stages <= 8, "model.stages", "an integer in [1, 8] (the widths double per stage)", m.stages)
         require(m.num_outputs is None or m.num_outputs >= 1, "model.num_outputs", "null or an integer >= 1",
                 m.num_outputs)
+        require_init_scale(m)
 
 
 register_data("modular_addition", ModularAdditionConfig, "extensions.sequence_data:load_modular_addition")

@@ -4,6 +4,7 @@ balance (extensions/balance.py). Omegaconf structured configs: no `from __future
 """
 
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional  # noqa: UP035  (omegaconf reads typing.List)
@@ -82,6 +83,12 @@ def _check_common(section: Any) -> None:
                  section.activation)
     require(section.num_outputs is None or section.num_outputs >= 1, "model.num_outputs",
              "null or an integer >= 1", section.num_outputs)
+    require_init_scale(section)
+
+
+def require_init_scale(section: Any) -> None:
+    scale = section.init_scale
+    require(math.isfinite(scale) and scale > 0, "model.init_scale", "a finite number > 0", scale)
 
 
 def _positive_list(values: Any, key: str) -> list[int]:
@@ -96,6 +103,7 @@ class MLPConfig:
     widths: List[int] = field(default_factory=lambda: [200, 200])  # noqa: UP006  hidden widths
     activation: str = "relu"  # the nonlinearity after each hidden layer
     seed: int = 0  # random seed of PyTorch's default initialisation
+    init_scale: float = 1.0  # every parameter of that initialisation times this (a sweep cell rerun alone)
     num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
 
     choices = {"activation": ACTIVATIONS}
@@ -114,6 +122,7 @@ class CNNConfig:
     kernel_size: int = 3  # odd; 'same' padding
     activation: str = "relu"  # the nonlinearity after each hidden layer
     seed: int = 0  # random seed of PyTorch's default initialisation
+    init_scale: float = 1.0  # every parameter of that initialisation times this (a sweep cell rerun alone)
     num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
 
     choices = {"activation": ACTIVATIONS}
@@ -134,6 +143,7 @@ class VGGConfig:
     hidden: int = 128  # width of the fully connected layer before the output (0: none)
     batch_norm: bool = False  # BatchNorm after each convolution
     seed: int = 0  # random seed of PyTorch's default initialisation
+    init_scale: float = 1.0  # every parameter of that initialisation times this (a sweep cell rerun alone)
     num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
 
     @staticmethod

@@ -7,9 +7,10 @@ read `balance/mean_abs_fc1` and so on. Data come as images [N, C, H, W]; the MLP
 (its first layer is nn.Flatten), the conv nets take them as they are.
 
 All of them: PyTorch's default initialisation drawn from `model.seed` inside torch.random.fork_rng (the
-global RNG is left as it was), created in the data's dtype, loss half_sum_mse by default (Cohen et al.'s
-1/2 sum over classes / N), converged when the loss is below train.tol. The number of outputs is
-`model.num_outputs`, or (null) the number of classes in the labels (largest label + 1).
+global RNG is left as it was), every parameter then times `model.init_scale`, created in the data's
+dtype, loss half_sum_mse by default (Cohen et al.'s 1/2 sum over classes / N), converged when the loss is
+below train.tol. The number of outputs is `model.num_outputs`, or (null) the number of classes in the labels
+(largest label + 1).
 """
 
 import math
@@ -43,6 +44,17 @@ def _image_shape(data: FullBatchData, kind: str) -> tuple[int, int, int]:
         raise ConfigError(f"config key 'model.kind' {kind} needs image data [N, C, H, W]; the data give "
                           f"examples of shape {list(shape)} (choose model.kind mlp)")
     return shape  # type: ignore[return-value]
+
+
+def init_scaled(model: nn.Module, section: Any) -> nn.Module:
+    """Every parameter of the model's own initialisation times model.init_scale (buffers untouched): the
+    initial scale axis of a sweep, so a sweep cell reruns alone as one `shallownet train`."""
+    scale = float(section.init_scale)
+    if scale != 1.0:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(scale)
+    return model
 
 
 def _seeded(seed: int, make) -> nn.Sequential:
@@ -125,20 +137,21 @@ def build_mlp(cfg: Any, data: FullBatchData) -> nn.Module:
     m = model_section(cfg)
     widths = [int(w) for w in m.widths]
     in_features = math.prod(data.x.shape[1:])
-    return build_mlp_net(in_features, widths, num_outputs(m, data), m.activation, seed=m.seed, dtype=data.x.dtype)
+    return init_scaled(build_mlp_net(in_features, widths, num_outputs(m, data), m.activation, seed=m.seed,
+                                     dtype=data.x.dtype), m)
 
 
 def build_cnn(cfg: Any, data: FullBatchData) -> nn.Module:
     CNNConfig.validate(cfg)  # also when called directly, not through a config
     m = model_section(cfg)
     channels = [int(c) for c in m.channels]
-    return build_cnn_net(_image_shape(data, "cnn"), channels, num_outputs(m, data), m.activation, m.kernel_size,
-                         seed=m.seed, dtype=data.x.dtype)
+    return init_scaled(build_cnn_net(_image_shape(data, "cnn"), channels, num_outputs(m, data), m.activation,
+                                     m.kernel_size, seed=m.seed, dtype=data.x.dtype), m)
 
 
 def build_vgg(cfg: Any, data: FullBatchData) -> nn.Module:
     VGGConfig.validate(cfg)  # also when called directly, not through a config
     m = model_section(cfg)
     channels = [int(c) for c in m.channels]
-    return build_vgg_net(_image_shape(data, "vgg"), channels, num_outputs(m, data), m.convs_per_stage, m.hidden,
-                         bool(m.batch_norm), seed=m.seed, dtype=data.x.dtype)
+    return init_scaled(build_vgg_net(_image_shape(data, "vgg"), channels, num_outputs(m, data), m.convs_per_stage,
+                                     m.hidden, bool(m.batch_norm), seed=m.seed, dtype=data.x.dtype), m)

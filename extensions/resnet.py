@@ -27,7 +27,7 @@ from torch import nn
 
 from extensions.arch_kinds import ResNetConfig
 from extensions.real_kinds import model_section
-from extensions.real_models import _image_shape, _seeded, num_outputs
+from extensions.real_models import _image_shape, _seeded, init_scaled, num_outputs
 from shallownet.registry import FullBatchData
 
 
@@ -77,5 +77,5 @@ def build_resnet_net(image: tuple[int, int, int], outputs: int, depth: int = 3, 
 def build_resnet(cfg: Any, data: FullBatchData) -> nn.Module:
     ResNetConfig.validate(cfg)  # also when called directly, not through a config
     m = model_section(cfg)
-    return build_resnet_net(_image_shape(data, "resnet"), num_outputs(m, data), m.depth, m.width, m.stages,
-                            bool(m.batch_norm), seed=m.seed, dtype=data.x.dtype)
+    return init_scaled(build_resnet_net(_image_shape(data, "resnet"), num_outputs(m, data), m.depth, m.width,
+                                        m.stages, bool(m.batch_norm), seed=m.seed, dtype=data.x.dtype), m)

@@ -28,7 +28,7 @@ from torch import nn
 
 from extensions.arch_kinds import TransformerConfig
 from extensions.real_kinds import model_section
-from extensions.real_models import num_outputs
+from extensions.real_models import init_scaled, num_outputs
 from shallownet.checks import ConfigError, require
 from shallownet.registry import FullBatchData
 
@@ -126,6 +126,7 @@ def build_transformer(cfg: Any, data: FullBatchData) -> nn.Module:
     dtype = torch.float64 if train is None else getattr(torch, train.dtype)
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
         torch.manual_seed(m.seed)
-        return Transformer(vocab, num_outputs(m, data), answers, layers=m.layers, d_model=m.d_model, heads=m.heads,
-                           mlp_width=m.mlp_width, seq_len=seq_len, positions=m.positions,
-                           layer_norm=bool(m.layer_norm), dtype=dtype)
+        model = Transformer(vocab, num_outputs(m, data), answers, layers=m.layers, d_model=m.d_model,
+                            heads=m.heads, mlp_width=m.mlp_width, seq_len=seq_len, positions=m.positions,
+                            layer_norm=bool(m.layer_norm), dtype=dtype)
+    return init_scaled(model, m)
