@@ -82,10 +82,10 @@ def test_any_logger_gets_every_scalar_and_callback_metrics_serve_checkpointing(t
     solves, operators = [], []
     solve = pieces.sharpness.tracker.solve
 
-    def counting_solve(op):
+    def counting_solve(op, stop=None):
         solves.append(1)
         operators.append(op)
-        return solve(op)
+        return solve(op, stop=stop)
 
     pieces.sharpness.tracker.solve = counting_solve
     trainer = fit(pieces.module, pieces.datamodule, max_steps=20, callbacks=[*pieces.callbacks, best],
