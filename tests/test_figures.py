@@ -80,7 +80,7 @@ def hatched_cells(ax) -> int:
 def gd_sweep():
     cfg = load_config(SweepConfig, None, SWEEP)
     grid = build_grid(cfg)
-    recs = records(grid, compute(cfg, grid))
+    recs = records(grid, compute(cfg, grid)[1])
     return grid, recs, swept_process(grid)
 
 
@@ -88,7 +88,7 @@ def gd_sweep():
 def momentum_sweep():
     cfg = load_config(SweepConfig, None, [*SWEEP, "optim.method=momentum", "optim.momentum=0.9"])
     grid = build_grid(cfg)
-    return grid, records(grid, compute(cfg, grid)), swept_process(grid)
+    return grid, records(grid, compute(cfg, grid)[1]), swept_process(grid)
 
 
 # --- figure3.png and sharpness.png -------------------------------------------------------------------
