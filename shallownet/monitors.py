@@ -78,6 +78,19 @@ class BatchSharpnessConfig:
         require(section.n_batches >= 2, f"{key}.n_batches", "an integer >= 2", section.n_batches)
 
 
+@dataclass
+class StabilizationConfig:
+    every_n_steps: int = 0  # stabilization/* tags: self-stabilisation alpha, beta, delta and x (GD only); 0: off
+    tol: float = 1.0e-10  # relative residual of the two eigen-solves per measurement (at theta and theta_dagger)
+    max_iter: int = 1000  # eigen-solver iterations at most per solve
+
+    @staticmethod
+    def validate(section, key: str) -> None:
+        require_cadence(section, key)
+        require(section.tol > 0, f"{key}.tol", "> 0", section.tol)
+        require(section.max_iter >= 1, f"{key}.max_iter", "an integer >= 1", section.max_iter)
+
+
 @register_monitor("dynamics", DynamicsConfig)
 def build_dynamics(cfg, section):
     from shallownet.callbacks.dynamics import DynamicsMonitor
@@ -122,3 +135,16 @@ def build_batch_sharpness(cfg, section):
 
     return BatchSharpnessMonitor(section.every_n_steps, n_batches=section.n_batches, exact=section.exact,
                                  seed=section.seed)
+
+
+@register_monitor("stabilization", StabilizationConfig)
+def build_stabilization(cfg, section):
+    if not section.every_n_steps:
+        return None
+    from shallownet.callbacks.stabilization import StabilizationMonitor
+    from shallownet.training import planned_processes
+
+    require(planned_processes(cfg) == 1, "monitor.stabilization.every_n_steps", "0 under DDP (the third-order "
+            "products run in one process only)", section.every_n_steps)
+    return StabilizationMonitor(section.every_n_steps, tol=section.tol, max_iter=section.max_iter,
+                                chunk_size=cfg.train.chunk_size)
