@@ -76,6 +76,22 @@ def test_read_compare(tmp_path):
     assert (tmp_path / "compare.png").stat().st_size > 10_000
 
 
+def test_read_stabilization(tmp_path):
+    run("-m", "shallownet", "train", f"output.root={tmp_path}", "train.max_steps=20", "train.tol=1e-300",
+        "model.width=3", "optim.lr=0.3", "monitor.sharpness.every_n_steps=0", "monitor.stabilization.every_n_steps=1",
+        "output.progress=false")
+    folder = only(tmp_path, "train/version_0")
+    out = run(EXAMPLES / "read_stabilization.py", folder, 10, tmp_path / "stabilization.png")
+    with (folder / "metrics.csv").open(newline="") as file:
+        xs = {int(r["step"]): float(r["stabilization/x"]) for r in csv.DictReader(file) if r.get("stabilization/x")}
+    assert sorted(xs) == list(range(21))
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines[1:4]] == ["0-9", "10-19", "20-29"]
+    rms = np.sqrt(np.mean([xs[s] ** 2 for s in range(10)]))
+    assert float(lines[1].split()[2]) == pytest.approx(rms, rel=1e-3)  # printed with 4 digits
+    assert (tmp_path / "stabilization.png").stat().st_size > 10_000
+
+
 def test_plugin_model(tmp_path):
     shallownet = ["-m", "shallownet", "train"]
     run(*shallownet, "model.kind=diagonal", "model.phi=0.5", "optim.lr=0.05", "train.max_steps=500",
