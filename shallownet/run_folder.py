@@ -212,11 +212,12 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def plan_truncation(run_dir: Path, step: int) -> list[tuple[Path, bytes]]:
+def plan_truncation(run_dir: Path, step: int, unlogged: set[str] = frozenset()) -> list[tuple[Path, bytes]]:
     """The new contents of the logs of a stopped run cut back to `step` (the checkpoint it resumes from),
-    without its hparams entry (the resumed run writes its own): after the resume every step is logged
-    exactly once. Only reads (a resume checks everything before it writes a byte); apply_truncation writes.
-    ConfigError when a log cannot be read."""
+    without its hparams entry (the resumed run writes its own) and without the last value of each tag in
+    `unlogged` (logged off its monitor's cadence at `step`, which an uninterrupted run never logs): after
+    the resume every step is logged exactly once, as in an uninterrupted run. Only reads (a resume checks
+    everything before it writes a byte); apply_truncation writes. ConfigError when a log cannot be read."""
     from shallownet.config import ConfigError
 
     plan = []
@@ -226,13 +227,14 @@ def plan_truncation(run_dir: Path, step: int) -> list[tuple[Path, bytes]]:
             with metrics.open(newline="") as file:
                 reader = csv.DictReader(file)
                 fields, rows = reader.fieldnames, [row for row in reader if int(row["step"]) <= step]
+            rows = _without_last(rows, step, unlogged)
             text = io.StringIO()
             writer = csv.DictWriter(text, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
             plan.append((metrics, text.getvalue().encode()))
         for events in sorted(run_dir.glob("events.out.tfevents.*")):
-            plan.append((events, _truncated_events(events, step)))
+            plan.append((events, _truncated_events(events, step, unlogged)))
     except Exception as err:  # a damaged log: csv, int() or protobuf errors of every kind
         name = events.name if "events" in locals() else metrics.name
         raise ConfigError(f"config key 'train.resume': {run_dir / name} cannot be read "
@@ -291,17 +293,45 @@ def replace_text(path: Path, text: str) -> None:
         replace_bytes(path, content)
 
 
-def _truncated_events(path: Path, step: int) -> bytes:
+def _without_last(rows: list[dict], step: int, tags: set[str]) -> list[dict]:
+    """metrics.csv rows with the last value of each tag blanked where it is at `step`; rows left empty go."""
+    touched = set()
+    for tag in tags:
+        found = [i for i, row in enumerate(rows) if row.get(tag) not in (None, "")]
+        if found and int(rows[found[-1]]["step"]) == step:
+            rows[found[-1]][tag] = ""
+            touched.add(found[-1])
+    return [row for i, row in enumerate(rows)
+            if i not in touched or any(v not in (None, "") for k, v in row.items() if k != "step")]
+
+
+def _truncated_events(path: Path, step: int, unlogged: set[str] = frozenset()) -> bytes:
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    out = io.BytesIO()
-    writer = RecordWriter(out)
+    kept = []
     for record in RawEventFileLoader(str(path)).Load():
         event = Event.FromString(record)
         hparams = any(v.metadata.plugin_data.plugin_name == "hparams" or v.tag.startswith("hparams/")
                       for v in event.summary.value)
         if event.step <= step and not hparams:
-            writer.write(record)
+            kept.append((record, event))
+    last = {}  # unlogged tag -> index of the event holding its last value
+    for i, (_, event) in enumerate(kept):
+        for value in event.summary.value:
+            if value.tag in unlogged:
+                last[value.tag] = i
+    drop = {i: {tag for tag, j in last.items() if j == i} for i in set(last.values()) if kept[i][1].step == step}
+    out = io.BytesIO()
+    writer = RecordWriter(out)
+    for i, (record, event) in enumerate(kept):
+        if i in drop:
+            values = [v for v in event.summary.value if v.tag not in drop[i]]
+            if not values:
+                continue
+            del event.summary.value[:]
+            event.summary.value.extend(values)
+            record = event.SerializeToString()
+        writer.write(record)
     return out.getvalue()
