@@ -5,7 +5,9 @@ summary.json from the start (status `starting`, then the outcome), so no folder 
 
 A process that writes a run folder holds an exclusive flock on its `.lock` file (`lock`) for as long as it
 lives: the kernel drops it with the process, however that ends, so no lock is ever stale. Once it starts
-writing it puts its name in the file (`claim`: pid, host, start time), which a refused second writer quotes.
+writing it puts its name in the file (`claim`: pid, host, start time), which a refused second writer quotes;
+a new run's summary.json names it too while the status is `starting`. A folder whose lock nobody holds has
+no live writer (`held`): `starting` there means the writer crashed (`shallownet status`).
 """
 
 from __future__ import annotations
@@ -66,9 +68,9 @@ def start_run(cfg: DictConfig) -> Path:
     `starting`)."""
     run_dir = new_run_dir(cfg.output.root, cfg.output.name)
     lock(run_dir)
-    claim(run_dir)
+    who = claim(run_dir)
     write_config(run_dir, cfg)
-    write_json(run_dir / SUMMARY, {"status": STARTING, "provenance": provenance()})
+    write_json(run_dir / SUMMARY, {"status": STARTING, "owner": who, "provenance": provenance()})
     return run_dir
 
 
@@ -95,13 +97,40 @@ def lock(run_dir: Path) -> None:
     _locks[run_dir] = fd
 
 
-def claim(run_dir: Path) -> None:
-    """Put this process's name in the lock it holds on run_dir (done once it starts writing there, so that a
-    refused resume changes no byte); no-op without the lock."""
+def claim(run_dir: Path) -> dict[str, Any]:
+    """Put this process's name (owner(), returned) in the lock it holds on run_dir (done once it starts
+    writing there, so that a refused resume changes no byte); the lock file is left alone without the lock."""
+    who = owner()
     fd = _locks.get(Path(run_dir))
     if fd is not None:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(owner()).encode(), 0)
+        os.pwrite(fd, json.dumps(who).encode(), 0)
+    return who
+
+
+def held(run_dir: Path) -> bool | None:
+    """Whether a live process holds run_dir's lock (None: the folder has no .lock). Only reads: a shared
+    lock taken for an instant, never the file created."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock, if it was taken
+    return False
+
+
+def recorded_owner(run_dir: Path) -> dict[str, Any] | None:
+    """The last writer's name in run_dir's lock file (owner()), None when there is none."""
+    try:
+        who = json.loads((Path(run_dir) / LOCK).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return who if isinstance(who, dict) and isinstance(who.get("pid"), int) else None
 
 
 def _holder(fd: int) -> str:
