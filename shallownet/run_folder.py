@@ -42,18 +42,25 @@ _SYSTEM = ("/proc", "/sys", "/dev")
 NAME_MAX = 255
 
 
+def real_root(root: str | Path) -> Path:
+    """output.root as it is on disk (~ expanded, symlinks resolved), found once: the run folder printed is
+    where its files are, also when `runs` or `runs/<name>` is a symlink."""
+    return Path(root).expanduser().resolve()
+
+
 def next_run_dir(root: str | Path, name: str) -> Path:
     """runs/<name>/version_<n> after the highest one there (created by new_run_dir; --print-config names it)."""
-    parent = Path(root) / name
+    parent = (real_root(root) / name).resolve()
     taken = [int(p.name.split("_", 1)[1]) for p in parent.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
     return parent / f"version_{max(taken, default=-1) + 1}"
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
     """Create and return the next free runs/<name>/version_<n> (mkdir is atomic, so never shared)."""
-    parent = Path(root) / name
+    first = next_run_dir(root, name)
+    parent = first.parent
     parent.mkdir(parents=True, exist_ok=True)
-    version = int(next_run_dir(root, name).name.split("_", 1)[1])
+    version = int(first.name.split("_", 1)[1])
     while True:
         path = parent / f"version_{version}"
         try:
@@ -179,22 +186,61 @@ def check_output(output: DictConfig) -> None:
             "a folder name of letters, digits and . _ = + - (not '.' or '..', no '/')", name)
     require(len(name.encode()) + len("version_") + 20 <= NAME_MAX, "output.name",
             f"at most {NAME_MAX - 28} bytes long", f"{name[:20]}... ({len(name.encode())} bytes)")
-    root = Path(output.root).expanduser()
-    absolute = Path(os.path.abspath(root))
+    absolute = Path(os.path.abspath(Path(output.root).expanduser()))
+    existing = next((part for part in (absolute / name, absolute, *absolute.parents) if _exists(part)), Path("/"))
+    limit = os.pathconf(existing if existing.is_dir() else existing.parent, "PC_NAME_MAX")
+    for part in absolute.parts:
+        if len(part.encode()) > limit:
+            raise ConfigError(f"config key 'output.root': the folder name {part[:20]}... is {len(part.encode())} "
+                              f"bytes long, the file system allows {limit}")
+    absolute = real_root(absolute)  # symlinks resolved: a link into /proc is /proc
     if any(absolute == Path(s) or Path(s) in absolute.parents for s in _SYSTEM):
         raise ConfigError(f"config key 'output.root': {absolute} is a system folder, not a place for runs")
     if len(str(absolute / name).encode()) + 40 > os.pathconf("/", "PC_PATH_MAX"):
         raise ConfigError("config key 'output.root': the run folder's path would be longer than the system allows")
-    for part in (absolute, *absolute.parents):
-        if part.exists():
+    folder = (absolute / name).resolve()
+    if _exists(folder) and not folder.is_dir():
+        raise ConfigError(f"config key 'output.name': {folder} is a file, not a folder")
+    for part in (folder, absolute, *absolute.parents):  # the first that exists must take a new folder
+        if _exists(part):
+            key = "output.name" if part == folder else "output.root"
             if not part.is_dir():
-                raise ConfigError(f"config key 'output.root': {part} is a file, not a folder")
+                raise ConfigError(f"config key '{key}': {part} is a file, not a folder")
             if not os.access(part, os.W_OK | os.X_OK):
-                raise ConfigError(f"config key 'output.root': {part} is not writable")
+                raise ConfigError(f"config key '{key}': {part} is {_unwritable(part)}, so no run folder can be "
+                                  "made in it")
             break
-    existing = absolute / name
-    if existing.exists() and not existing.is_dir():
-        raise ConfigError(f"config key 'output.name': {existing} is a file, not a folder")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long, a folder that cannot be searched, ...
+        return False
+
+
+def _unwritable(path: Path) -> str:
+    """Why os.access says no: a read-only file system or the folder's permissions."""
+    return "on a read-only file system" if os.statvfs(path).f_flag & os.ST_RDONLY else "not writable"
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """A run folder a resume may write in, checked before it takes the lock: every file in it is written in
+    place (Lightning's metrics.csv, the lock, checkpoints), so no symlink inside (it would overwrite the
+    file it points to) and everything writable. ConfigError naming the first that is not."""
+    from shallownet.config import ConfigError
+
+    key = "config key 'train.resume'"
+    for top, folders, files in os.walk(run_dir):  # symlinks are listed, never followed
+        for entry in sorted(folders + files):
+            path = Path(top) / entry
+            if path.is_symlink():
+                raise ConfigError(f"{key}: {path} is a symlink (to {os.readlink(path)}); a resume writes the files "
+                                  "of a run folder in place and never through a link: replace it by a copy")
+            if not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+                raise ConfigError(f"{key}: {path} is {_unwritable(path)}; the run cannot be continued there")
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {run_dir} is {_unwritable(run_dir)}; the run cannot be continued there")
 
 
 def provenance() -> dict[str, Any]:
