@@ -5,7 +5,9 @@ summary.json from the start (status `starting`, then the outcome), so no folder 
 
 A process that writes a run folder holds an exclusive flock on its `.lock` file (`lock`) for as long as it
 lives: the kernel drops it with the process, however that ends, so no lock is ever stale. Once it starts
-writing it puts its name in the file (`claim`: pid, host, start time), which a refused second writer quotes.
+writing it puts its name in the file (`claim`: pid, host, start time), which a refused second writer quotes;
+a new run's summary.json names it too while the status is `starting`. A folder whose lock nobody holds has
+no live writer (`held`): `starting` there means the writer crashed (`shallownet status`).
 """
 
 from __future__ import annotations
@@ -40,18 +42,25 @@ _SYSTEM = ("/proc", "/sys", "/dev")
 NAME_MAX = 255
 
 
+def real_root(root: str | Path) -> Path:
+    """output.root as it is on disk (~ expanded, symlinks resolved), found once: the run folder printed is
+    where its files are, also when `runs` or `runs/<name>` is a symlink."""
+    return Path(root).expanduser().resolve()
+
+
 def next_run_dir(root: str | Path, name: str) -> Path:
     """runs/<name>/version_<n> after the highest one there (created by new_run_dir; --print-config names it)."""
-    parent = Path(root) / name
+    parent = (real_root(root) / name).resolve()
     taken = [int(p.name.split("_", 1)[1]) for p in parent.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
     return parent / f"version_{max(taken, default=-1) + 1}"
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
     """Create and return the next free runs/<name>/version_<n> (mkdir is atomic, so never shared)."""
-    parent = Path(root) / name
+    first = next_run_dir(root, name)
+    parent = first.parent
     parent.mkdir(parents=True, exist_ok=True)
-    version = int(next_run_dir(root, name).name.split("_", 1)[1])
+    version = int(first.name.split("_", 1)[1])
     while True:
         path = parent / f"version_{version}"
         try:
@@ -66,9 +75,9 @@ def start_run(cfg: DictConfig) -> Path:
     `starting`)."""
     run_dir = new_run_dir(cfg.output.root, cfg.output.name)
     lock(run_dir)
-    claim(run_dir)
+    who = claim(run_dir)
     write_config(run_dir, cfg)
-    write_json(run_dir / SUMMARY, {"status": STARTING, "provenance": provenance()})
+    write_json(run_dir / SUMMARY, {"status": STARTING, "owner": who, "provenance": provenance()})
     return run_dir
 
 
@@ -95,13 +104,40 @@ def lock(run_dir: Path) -> None:
     _locks[run_dir] = fd
 
 
-def claim(run_dir: Path) -> None:
-    """Put this process's name in the lock it holds on run_dir (done once it starts writing there, so that a
-    refused resume changes no byte); no-op without the lock."""
+def claim(run_dir: Path) -> dict[str, Any]:
+    """Put this process's name (owner(), returned) in the lock it holds on run_dir (done once it starts
+    writing there, so that a refused resume changes no byte); the lock file is left alone without the lock."""
+    who = owner()
     fd = _locks.get(Path(run_dir))
     if fd is not None:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(owner()).encode(), 0)
+        os.pwrite(fd, json.dumps(who).encode(), 0)
+    return who
+
+
+def held(run_dir: Path) -> bool | None:
+    """Whether a live process holds run_dir's lock (None: the folder has no .lock). Only reads: a shared
+    lock taken for an instant, never the file created."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock, if it was taken
+    return False
+
+
+def recorded_owner(run_dir: Path) -> dict[str, Any] | None:
+    """The last writer's name in run_dir's lock file (owner()), None when there is none."""
+    try:
+        who = json.loads((Path(run_dir) / LOCK).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return who if isinstance(who, dict) and isinstance(who.get("pid"), int) else None
 
 
 def _holder(fd: int) -> str:
@@ -150,22 +186,61 @@ def check_output(output: DictConfig) -> None:
             "a folder name of letters, digits and . _ = + - (not '.' or '..', no '/')", name)
     require(len(name.encode()) + len("version_") + 20 <= NAME_MAX, "output.name",
             f"at most {NAME_MAX - 28} bytes long", f"{name[:20]}... ({len(name.encode())} bytes)")
-    root = Path(output.root).expanduser()
-    absolute = Path(os.path.abspath(root))
+    absolute = Path(os.path.abspath(Path(output.root).expanduser()))
+    existing = next((part for part in (absolute / name, absolute, *absolute.parents) if _exists(part)), Path("/"))
+    limit = os.pathconf(existing if existing.is_dir() else existing.parent, "PC_NAME_MAX")
+    for part in absolute.parts:
+        if len(part.encode()) > limit:
+            raise ConfigError(f"config key 'output.root': the folder name {part[:20]}... is {len(part.encode())} "
+                              f"bytes long, the file system allows {limit}")
+    absolute = real_root(absolute)  # symlinks resolved: a link into /proc is /proc
     if any(absolute == Path(s) or Path(s) in absolute.parents for s in _SYSTEM):
         raise ConfigError(f"config key 'output.root': {absolute} is a system folder, not a place for runs")
     if len(str(absolute / name).encode()) + 40 > os.pathconf("/", "PC_PATH_MAX"):
         raise ConfigError("config key 'output.root': the run folder's path would be longer than the system allows")
-    for part in (absolute, *absolute.parents):
-        if part.exists():
+    folder = (absolute / name).resolve()
+    if _exists(folder) and not folder.is_dir():
+        raise ConfigError(f"config key 'output.name': {folder} is a file, not a folder")
+    for part in (folder, absolute, *absolute.parents):  # the first that exists must take a new folder
+        if _exists(part):
+            key = "output.name" if part == folder else "output.root"
             if not part.is_dir():
-                raise ConfigError(f"config key 'output.root': {part} is a file, not a folder")
+                raise ConfigError(f"config key '{key}': {part} is a file, not a folder")
             if not os.access(part, os.W_OK | os.X_OK):
-                raise ConfigError(f"config key 'output.root': {part} is not writable")
+                raise ConfigError(f"config key '{key}': {part} is {_unwritable(part)}, so no run folder can be "
+                                  "made in it")
             break
-    existing = absolute / name
-    if existing.exists() and not existing.is_dir():
-        raise ConfigError(f"config key 'output.name': {existing} is a file, not a folder")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long, a folder that cannot be searched, ...
+        return False
+
+
+def _unwritable(path: Path) -> str:
+    """Why os.access says no: a read-only file system or the folder's permissions."""
+    return "on a read-only file system" if os.statvfs(path).f_flag & os.ST_RDONLY else "not writable"
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """A run folder a resume may write in, checked before it takes the lock: every file in it is written in
+    place (Lightning's metrics.csv, the lock, checkpoints), so no symlink inside (it would overwrite the
+    file it points to) and everything writable. ConfigError naming the first that is not."""
+    from shallownet.config import ConfigError
+
+    key = "config key 'train.resume'"
+    for top, folders, files in os.walk(run_dir):  # symlinks are listed, never followed
+        for entry in sorted(folders + files):
+            path = Path(top) / entry
+            if path.is_symlink():
+                raise ConfigError(f"{key}: {path} is a symlink (to {os.readlink(path)}); a resume writes the files "
+                                  "of a run folder in place and never through a link: replace it by a copy")
+            if not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+                raise ConfigError(f"{key}: {path} is {_unwritable(path)}; the run cannot be continued there")
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {run_dir} is {_unwritable(run_dir)}; the run cannot be continued there")
 
 
 def provenance() -> dict[str, Any]:
@@ -212,11 +287,12 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def plan_truncation(run_dir: Path, step: int) -> list[tuple[Path, bytes]]:
+def plan_truncation(run_dir: Path, step: int, unlogged: set[str] = frozenset()) -> list[tuple[Path, bytes]]:
     """The new contents of the logs of a stopped run cut back to `step` (the checkpoint it resumes from),
-    without its hparams entry (the resumed run writes its own): after the resume every step is logged
-    exactly once. Only reads (a resume checks everything before it writes a byte); apply_truncation writes.
-    ConfigError when a log cannot be read."""
+    without its hparams entry (the resumed run writes its own) and without the last value of each tag in
+    `unlogged` (logged off its monitor's cadence at `step`, which an uninterrupted run never logs): after
+    the resume every step is logged exactly once, as in an uninterrupted run. Only reads (a resume checks
+    everything before it writes a byte); apply_truncation writes. ConfigError when a log cannot be read."""
     from shallownet.config import ConfigError
 
     plan = []
@@ -226,13 +302,14 @@ def plan_truncation(run_dir: Path, step: int) -> list[tuple[Path, bytes]]:
             with metrics.open(newline="") as file:
                 reader = csv.DictReader(file)
                 fields, rows = reader.fieldnames, [row for row in reader if int(row["step"]) <= step]
+            rows = _without_last(rows, step, unlogged)
             text = io.StringIO()
             writer = csv.DictWriter(text, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
             plan.append((metrics, text.getvalue().encode()))
         for events in sorted(run_dir.glob("events.out.tfevents.*")):
-            plan.append((events, _truncated_events(events, step)))
+            plan.append((events, _truncated_events(events, step, unlogged)))
     except Exception as err:  # a damaged log: csv, int() or protobuf errors of every kind
         name = events.name if "events" in locals() else metrics.name
         raise ConfigError(f"config key 'train.resume': {run_dir / name} cannot be read "
@@ -291,17 +368,45 @@ def replace_text(path: Path, text: str) -> None:
         replace_bytes(path, content)
 
 
-def _truncated_events(path: Path, step: int) -> bytes:
+def _without_last(rows: list[dict], step: int, tags: set[str]) -> list[dict]:
+    """metrics.csv rows with the last value of each tag blanked where it is at `step`; rows left empty go."""
+    touched = set()
+    for tag in tags:
+        found = [i for i, row in enumerate(rows) if row.get(tag) not in (None, "")]
+        if found and int(rows[found[-1]]["step"]) == step:
+            rows[found[-1]][tag] = ""
+            touched.add(found[-1])
+    return [row for i, row in enumerate(rows)
+            if i not in touched or any(v not in (None, "") for k, v in row.items() if k != "step")]
+
+
+def _truncated_events(path: Path, step: int, unlogged: set[str] = frozenset()) -> bytes:
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    out = io.BytesIO()
-    writer = RecordWriter(out)
+    kept = []
     for record in RawEventFileLoader(str(path)).Load():
         event = Event.FromString(record)
         hparams = any(v.metadata.plugin_data.plugin_name == "hparams" or v.tag.startswith("hparams/")
                       for v in event.summary.value)
         if event.step <= step and not hparams:
-            writer.write(record)
+            kept.append((record, event))
+    last = {}  # unlogged tag -> index of the event holding its last value
+    for i, (_, event) in enumerate(kept):
+        for value in event.summary.value:
+            if value.tag in unlogged:
+                last[value.tag] = i
+    drop = {i: {tag for tag, j in last.items() if j == i} for i in set(last.values()) if kept[i][1].step == step}
+    out = io.BytesIO()
+    writer = RecordWriter(out)
+    for i, (record, event) in enumerate(kept):
+        if i in drop:
+            values = [v for v in event.summary.value if v.tag not in drop[i]]
+            if not values:
+                continue
+            del event.summary.value[:]
+            event.summary.value.extend(values)
+            record = event.SerializeToString()
+        writer.write(record)
     return out.getvalue()

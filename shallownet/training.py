@@ -327,7 +327,17 @@ def check_resume(cfg: DictConfig, run_dir: Path, pieces: Pieces) -> list:
         raise ConfigError(f"config key 'train.max_steps': the run in {run_dir} has taken its {step} steps "
                           f"(train.max_steps={cfg.train.max_steps}); continue it with a larger budget: shallownet "
                           f"train train.resume={run_dir} train.max_steps={2 * max(step, 1)}")
-    return plan_truncation(run_dir, int(state.get("x_step", step)))
+    return plan_truncation(run_dir, int(state.get("x_step", step)), off_cadence(state))
+
+
+def off_cadence(state: dict) -> set[str]:
+    """The tags whose last value a checkpoint's monitors logged off their cadence at its final state
+    (PeriodicMonitor): an uninterrupted run has no such value, so a resume removes it from the logs."""
+    from shallownet.callbacks.periodic import OFF_CADENCE
+
+    callbacks = state.get("callbacks") or {}
+    return {tag for saved in callbacks.values() if isinstance(saved, dict) and OFF_CADENCE in saved
+            for tag in saved[OFF_CADENCE]["tags"]}
 
 
 def _flat(node, prefix: str = "") -> dict:

@@ -3,7 +3,11 @@
 When: on the process's step count (trainer.global_step): the run's first state (step 0 of a fresh run),
 every step that is a multiple of every_n_steps, and the state the run ends in (an interrupted run leaves
 that to its resume). Never twice at one step, also across a resume: the last measured step is part of
-the checkpoint. Where: the x-axis of log_step (the shared time axis of compare), which only decides where
+the checkpoint. A final measurement off the cadence (a run that reached its budget at step 7 of a
+cadence of 5) is left out of the checkpoint: it holds the monitor's state from before it and the tags it
+logged (OFF_CADENCE), which a resume with a larger budget removes from the logs, so the continued run logs
+every value of an uninterrupted one, bit for bit. Where: the x-axis of log_step (the shared time axis of
+compare), which only decides where
 a value is drawn, never when it is measured. What: `first` holds the first values logged, `last` the
 values of the last measurement ({} when nothing could be measured there, e.g. non-finite parameters) and
 `last_step` its step: a run's summary takes its init / final from them.
@@ -15,6 +19,8 @@ again for a library user's module.
 
 from __future__ import annotations
 
+import copy
+
 import lightning as L
 
 from shallownet import interrupt
@@ -22,6 +28,8 @@ from shallownet.callbacks.logging import log_values
 from shallownet.callbacks.tensorboard import log_step
 from shallownet.processes.base import Process, process_of
 from shallownet.stop import INTERRUPTED
+
+OFF_CADENCE = "off_cadence"  # in a monitor's checkpointed state: {"x": step, "tags": [...]} of its final log
 
 
 class PeriodicMonitor(L.Callback):
@@ -34,6 +42,7 @@ class PeriodicMonitor(L.Callback):
         self.first: dict[str, float] = {}
         self.last: dict[str, float] = {}
         self.last_step: int | None = None
+        self._checkpointed: dict | None = None  # the state a resume goes on from, when not the current one
 
     # --- what a monitor implements ----------------------------------------------------------------------
 
@@ -65,6 +74,7 @@ class PeriodicMonitor(L.Callback):
         return step % self.every_n_steps == 0 and step != self.last_step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._checkpointed = None
         self.check(pl_module, process_of(trainer, pl_module))
         self.start(trainer, pl_module)
         if self.due(trainer.global_step):
@@ -75,25 +85,35 @@ class PeriodicMonitor(L.Callback):
             self.record(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if getattr(pl_module, "outcome", None) != INTERRUPTED and trainer.global_step != self.last_step:
+        step = trainer.global_step
+        if getattr(pl_module, "outcome", None) == INTERRUPTED or step == self.last_step:
+            return
+        if step % self.every_n_steps == 0:
             self.record(trainer, pl_module)
+            return
+        before = copy.deepcopy(self.state_dict())  # an uninterrupted longer run never measures this state
+        logged = self.record(trainer, pl_module)
+        self._checkpointed = {**before, OFF_CADENCE: {"x": log_step(trainer, pl_module), "tags": sorted(logged)}}
 
-    def record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Measure now and log at the current state's x-axis step (nothing, when a stop request cut the
-        measurement short: the state counts as unmeasured, so a resume measures it)."""
+        measurement short: the state counts as unmeasured, so a resume measures it); the values logged."""
         previous, self.last_step = self.last_step, trainer.global_step
         try:
             self.last = values = self.measure(trainer, pl_module)
         except interrupt.Stopped:
             self.last_step = previous
-            return
+            return {}
         if not values:
-            return
+            return {}
         log_values(trainer, values, log_step(trainer, pl_module))
         if not self.first:
             self.first = values
+        return values
 
     def state_dict(self) -> dict:
+        if self._checkpointed is not None:
+            return self._checkpointed
         return {"first": self.first, "last": self.last, "last_step": self.last_step, **self.extra_state()}
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import shallownet
 
 COMMANDS = ("train", "compare", "eos", "sweep", "figure1")
+TOOLS = ("status",)  # commands that read run folders: no config, arguments of their own (`main(args)`)
 
 USAGE = "usage: shallownet {" + ",".join(COMMANDS) + "} [CONFIG.yaml] [key=value ...]"
 
@@ -76,16 +77,19 @@ def _main(argv: list[str]) -> int:
         return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
-        for name in COMMANDS:
+        for name in (*COMMANDS, *TOOLS):
             print(f"  {name:10s} {importlib.import_module(f'shallownet.cli.{name}').SUMMARY}")
         print("options: --version; per command: --help (its config keys), --print-config\n"
               "with no CONFIG, the built-in defaults (configs/<command>.yaml shows them)")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
+    if name in TOOLS:
+        return importlib.import_module(f"shallownet.cli.{name}").main(rest)
     if name not in COMMANDS:
-        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        close = difflib.get_close_matches(name, (*COMMANDS, *TOOLS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        print(f"shallownet: error: unknown command {name!r}{hint}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"shallownet: error: unknown command {name!r}{hint}; allowed: {', '.join((*COMMANDS, *TOOLS))}",
+              file=sys.stderr)
         return 2
     command = importlib.import_module(f"shallownet.cli.{name}")
     options = [arg for arg in rest if (arg.startswith("--") or arg == "-h") and "=" not in arg]  # not -0.1

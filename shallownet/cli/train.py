@@ -14,7 +14,17 @@ from pathlib import Path
 
 from shallownet.config import ConfigError, RunConfig, load_config, validate_run
 from shallownet.run_folder import SUMMARY as SUMMARY_FILE
-from shallownet.run_folder import check_output, first_rank, lock, provenance, read_summary, start_run, write_json
+from shallownet.run_folder import (
+    check_output,
+    check_run_folder,
+    first_rank,
+    lock,
+    provenance,
+    read_summary,
+    real_root,
+    start_run,
+    write_json,
+)
 
 SUMMARY = "one full-batch GD (or gradient-flow) run of any registered model, logged to TensorBoard and metrics.csv"
 RESUMABLE = ("starting", "interrupted", "max_steps", "max_time")
@@ -38,12 +48,13 @@ def load(config_path: str | None, overrides: list[str]):
         cfg = load_config(RunConfig, config_path, overrides)
         validate_run(cfg)
         return cfg, None
-    run_dir = Path(resume[-1])
+    run_dir = Path(resume[-1]).expanduser().resolve()  # a symlinked runs/<name>: the real folder, printed
     if config_path is not None:
         raise ConfigError("train.resume takes the config of the run folder; name no CONFIG file")
     for name in ("config.yaml", "last.ckpt", SUMMARY_FILE):
         if not (run_dir / name).is_file():
             raise ConfigError(f"config key 'train.resume': {run_dir} holds no {name}, so it is no run folder to resume")
+    check_run_folder(run_dir)
     if first_rank():
         try:
             lock(run_dir)  # held until this process ends: a second writer is refused, naming this one
@@ -84,6 +95,7 @@ def run(config_path: str | None, overrides: list[str]) -> int:
     if main:
         summary["provenance"] = provenance()
         write_json(run_dir / SUMMARY_FILE, summary)
-        print(training.describe(summary, run_dir, cfg.output.root))
+        root = run_dir.parent.parent if resume_dir is not None else real_root(cfg.output.root)  # the run's own
+        print(training.describe(summary, run_dir, root))
     return exit_status(summary["status"])
 

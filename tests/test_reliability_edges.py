@@ -1,0 +1,130 @@
+"""Runs that never lie about their state (issue 18, items 6, 7, 9, 10 and a real full file system): real
+`shallownet` processes, real signals, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shallownet import events
+
+EXE = Path(sys.executable).with_name("shallownet")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+QUIET = ["train.tol=1e-300", "output.progress=false"]
+
+
+def shallownet(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, env=ENV, timeout=300, **kwargs)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def refused(result: subprocess.CompletedProcess) -> str:
+    """The one-line refusal of a command that must exit 2 with no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    return lines[0]
+
+
+def comparable(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("wall_time_s", "provenance")}
+
+
+# --- item 10: a resume from a final state off the monitoring cadence ------------------------------------
+
+def test_a_run_resumed_from_off_its_cadence_logs_what_an_uninterrupted_run_logs(tmp_path):
+    """7 steps, then resumed to 12, against 12 at once; cadences 5 (sharpness) and 3 (dynamics) do not
+    divide 7, so the 7-step run measured its final state off both cadences."""
+    config = [*QUIET, "monitor.sharpness.every_n_steps=5", "monitor.dynamics.every_n_steps=3"]
+    ok(shallownet("train", f"output.root={tmp_path / 'whole'}", *config, "train.max_steps=12"))
+    ok(shallownet("train", f"output.root={tmp_path / 'split'}", *config, "train.max_steps=7"))
+    whole, split = (tmp_path / name / "train" / "version_0" for name in ("whole", "split"))
+    assert 7 in events.read_metrics(split)["curvature/sharpness"][0]  # the 7-step run logged its final state
+    ok(shallownet("train", f"train.resume={split}", "train.max_steps=12"))
+
+    expected, got = (json.loads((d / "summary.json").read_text()) for d in (whole, split))
+    assert comparable(got) == comparable(expected)
+    final = [torch.load(d / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"] for d in (whole, split)]
+    for name in final[0]:
+        assert torch.equal(final[0][name], final[1][name]), name
+    for read in (events.read_metrics, events.read_scalars):  # metrics.csv (float64) and TensorBoard
+        want, have = read(whole), read(split)
+        assert want.keys() == have.keys()
+        for tag in want:
+            np.testing.assert_array_equal(have[tag][0], want[tag][0], err_msg=tag)  # the same steps
+            np.testing.assert_array_equal(have[tag][1], want[tag][1], err_msg=tag)  # bit for bit
+
+
+# --- item 6: the owner of a run folder, and `shallownet status` -----------------------------------------
+
+LONG = ["train.max_steps=1000000", "optim.lr=0.01", "train.checkpoint_every_n_steps=10", *QUIET]
+
+
+def wait_until(condition, what: str, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def states(root: Path) -> dict[str, str]:
+    """`shallownet status root` as {run folder relative to root: its line}."""
+    result = ok(shallownet("status", str(root)))
+    head, *lines = result.stdout.strip().splitlines()
+    assert head == f"{len(lines)} run folder{'s' * (len(lines) != 1)} under {root.resolve()}", head
+    return {line.split()[1]: line for line in lines}
+
+
+def test_status_tells_a_running_run_from_a_crashed_one(tmp_path):
+    ok(shallownet("train", f"output.root={tmp_path}", *QUIET, "train.max_steps=5"))
+    proc = subprocess.Popen([EXE, "train", f"output.root={tmp_path}", *LONG], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        run = wait_until(lambda: next(tmp_path.glob("train/version_1/last.ckpt"), None), "a checkpoint").parent
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "starting" and summary["owner"]["pid"] == proc.pid
+        assert summary["owner"]["host"] == socket.gethostname() and summary["owner"]["started"] <= time.time()
+        seen = states(tmp_path)
+        assert seen["train/version_0"].split()[0] == "max_steps" and "(5 steps)" in seen["train/version_0"]
+        assert seen["train/version_1"].split()[0] == "running", seen
+        assert f"pid {proc.pid} on host {socket.gethostname()}" in seen["train/version_1"]
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no clean up at all: summary.json keeps saying `starting`
+        proc.wait(timeout=60)
+    assert json.loads((run / "summary.json").read_text())["status"] == "starting"
+    line = states(tmp_path)["train/version_1"]
+    assert line.split()[0] == "crashed" and f"pid {proc.pid} on host {socket.gethostname()}" in line, line
+    resume = subprocess.Popen([EXE, "train", f"train.resume={run}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=ENV)  # a crashed run can be resumed; while it runs it is running
+    try:
+        wait_until(lambda: f"pid {resume.pid}" in states(tmp_path)["train/version_1"], "the resume seen running")
+        assert states(tmp_path)["train/version_1"].split()[0] == "running"
+    finally:
+        resume.send_signal(signal.SIGINT)
+        _, err = resume.communicate(timeout=120)
+    assert resume.returncode == 130, err[-2000:]
+    assert states(tmp_path)["train/version_1"].split()[0] == "interrupted"
+
+
+def test_status_refuses_what_is_no_root(tmp_path):
+    assert "missing" in refused(shallownet("status", str(tmp_path / "nowhere")))
+    (tmp_path / "file").write_text("x")
+    assert "a file" in refused(shallownet("status", str(tmp_path / "file")))
+    assert "one ROOT" in refused(shallownet("status", str(tmp_path), str(tmp_path)))
+    assert states(tmp_path) == {}
