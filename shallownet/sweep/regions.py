@@ -20,6 +20,7 @@ from shallownet.stop import DIVERGED, OUTCOMES
 REGIONS = ("lazy", "catapult", "edge_of_stability", "diverged")  # code = index
 LAZY, CATAPULT, EDGE, REGION_DIVERGED = range(len(REGIONS))
 DEFAULT_MARGIN = 0.1
+RISE = 1e-6  # "the loss rose": above (1 + RISE) times the initial loss, past the rounding of recorded maxima
 
 
 def classify_regions(outcome: np.ndarray, eta: np.ndarray, final_sharpness: np.ndarray, max_loss_ratio: np.ndarray,
@@ -30,7 +31,7 @@ def classify_regions(outcome: np.ndarray, eta: np.ndarray, final_sharpness: np.n
     with np.errstate(invalid="ignore"):
         diverged = outcome == OUTCOMES.index(DIVERGED)
         at_edge = ~diverged & (eta * np.asarray(final_sharpness) >= constant * (1.0 - margin))
-        rose = ~diverged & ~at_edge & (np.asarray(max_loss_ratio) > 1.0)
+        rose = ~diverged & ~at_edge & (np.asarray(max_loss_ratio) > 1.0 + RISE)
     codes = np.select([diverged, at_edge, rose], [REGION_DIVERGED, EDGE, CATAPULT], default=LAZY)
     return codes.astype(np.int8)
 
