@@ -169,6 +169,9 @@ def reference_markdown() -> str:
         command = importlib.import_module(f"shallownet.cli.{name}")
         parts += [f"## {name}", "", command.SUMMARY + ".", "", markdown_table(
             describe(command.SCHEMA, load_config(command.SCHEMA, None, []))), ""]
+        for chooser, schema in getattr(command, "VARIANTS", {}).items():  # schemas the arguments choose
+            parts += [f"## {name} {chooser}", "", f"`shallownet {name} {chooser}` (or any model kind) reads these "
+                      "keys instead.", "", markdown_table(describe(schema, load_config(schema, None, [chooser]))), ""]
     for section, key, table, title in KIND_SECTIONS:
         parts += [f"## {title}", ""]
         for kind in registry.known(table):

@@ -125,9 +125,10 @@ def command_help(name: str, command, config_path: str | None, overrides: list[st
     from shallownet.config import load_config
     from shallownet.describe import describe, format_keys
 
-    cfg = load_config(command.SCHEMA, config_path, overrides)
+    schema = command.schema_for(config_path, overrides) if hasattr(command, "schema_for") else command.SCHEMA
+    cfg = load_config(schema, config_path, overrides)
     chosen = [f"{f.name}.{f.metadata['key']}={cfg[f.name][f.metadata['key']]}"
-              for f in dataclasses.fields(command.SCHEMA) if "kinds" in f.metadata]
+              for f in dataclasses.fields(schema) if "kinds" in f.metadata]
     lines = [f"usage: shallownet {name} [CONFIG.yaml] [key=value ...] [--help] [--print-config]",
              f"  {command.SUMMARY}", "", "options:"]
     lines += [f"  {'-h, ' if option == '--help' else ''}{option:{12 if option == '--help' else 16}s} {meaning}"
@@ -135,7 +136,7 @@ def command_help(name: str, command, config_path: str | None, overrides: list[st
     lines += ["", "config keys, key=default (type) meaning"
               + (f", for {', '.join(chosen)} (name another kind for its keys: shallownet {name} --help "
                  f"{chosen[0].split('=')[0]}=...)" if chosen else "") + ":",
-              format_keys(describe(command.SCHEMA, cfg))]
+              format_keys(describe(schema, cfg))]
     return "\n".join(lines)
 
 

@@ -121,12 +121,15 @@ def sharpness_panel(recs: dict, phi: float, process: SweptProcess):
         gf_lines.append(ax.axhline(recs["norm_gf"][j], color=colour, ls="--", lw=1))
     c = process.constant
     ax.plot(eta, c / eta, "k-", lw=1.2, label=f"{c:.3g}/η (stability limit)")
-    ax.axhline(2.0 * phi, color="grey", lw=1.2, label="2Φ (flattest minimum)")
-    ax.axvline(c / (2 * phi), color="grey", ls=":", lw=1.2, label=f"η = {c / 2:.3g}/Φ")
+    if phi > 0:  # Phi = 0 (the uv model): minima of every sharpness, a stable one at any eta
+        ax.axhline(2.0 * phi, color="grey", lw=1.2, label="2Φ (flattest minimum)")
+        ax.axvline(c / (2 * phi), color="grey", ls=":", lw=1.2, label=f"η = {c / 2:.3g}/Φ")
     log_axis(ax, "x", eta)
     ax.set_yscale("log")
     reached = np.concatenate(shown)
-    low = 0.9 * min(float(reached.min()) if reached.size else 2 * phi, 2 * phi)  # no minimum is below 2 Phi
+    reached = reached[reached > 0]
+    floor = 2 * phi if phi > 0 else (float(reached.min()) if reached.size else c / eta.max())
+    low = 0.9 * min(float(reached.min()) if reached.size else floor, floor)  # no minimum is below 2 Phi
     ax.set_ylim(low, top)
     readable_log_ticks(ax.yaxis, low, top)
     ax.set_xlabel("step size η")
@@ -194,7 +197,8 @@ def _theory_lines(ax, recs, phi, process: SweptProcess):
                       f"{c:.3g}/λ_GF for s ≥ {float(scale[near].min()):.2g}: they overlap)")
         ax.plot(bound, scale, color="cyan", lw=2.4, label=label)
     ax.plot(edge, scale, color="orange", lw=1.6, ls="--", label=f"η = {c:.3g}/λ_GF")
-    ax.axvline(c / (2 * phi), color="magenta", lw=1.6, ls=":", label=f"η = {c / 2:.3g}/Φ")
+    if phi > 0:
+        ax.axvline(c / (2 * phi), color="magenta", lw=1.6, ls=":", label=f"η = {c / 2:.3g}/Φ")
 
 
 def mark_start_on_minimum(ax, recs):

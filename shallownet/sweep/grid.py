@@ -90,7 +90,7 @@ class SweepOutputConfig:
 
 @dataclass
 class SweepConfig:  # configs/sweep.yaml shows these defaults
-    phi: float = 1.0  # the target Phi (> 0)
+    phi: float = 1.0  # the target Phi (>= 0; 0: the uv model of Lewkowycz et al. 2020)
     grid: GridConfig = field(default_factory=GridConfig)
     init: SweepInitConfig = field(default_factory=SweepInitConfig)
     optim: SweepOptimConfig = field(default_factory=SweepOptimConfig)
@@ -103,14 +103,9 @@ class SweepConfig:  # configs/sweep.yaml shows these defaults
 
 def validate(cfg: DictConfig) -> None:
     """Range checks (types were checked on load), including that the results fit in memory."""
-    require(cfg.phi > 0, "phi", "> 0 (the theory lines and regimes assume a positive target)", cfg.phi)
-    for name in ("lr", "scale"):
-        axis, key = cfg.grid[name], f"grid.{name}"
-        require(axis.num >= 1, f"{key}.num", "an integer >= 1 (an empty grid has nothing to run)", axis.num)
-        require(axis.spacing in SPACINGS, f"{key}.spacing", f"one of {', '.join(SPACINGS)}", axis.spacing)
-        require(axis.start > 0, f"{key}.start", "> 0", axis.start)
-        require(axis.stop > axis.start if axis.num > 1 else axis.stop >= axis.start, f"{key}.stop",
-                f"> {key}.start={axis.start} (the grid is empty or inverted otherwise)", axis.stop)
+    # Phi = 0 is the uv model of Lewkowycz et al. 2020 (every minimum has a.b = 0): its catapult window
+    require(cfg.phi >= 0, "phi", ">= 0 (a negative target is the positive one with b -> -b)", cfg.phi)
+    check_axes(cfg.grid)
     init = cfg.init
     require(init.depth >= 2, "init.depth", "an integer >= 2", init.depth)
     schemes, backends = (SWEEP_INIT_SCHEMES, BACKENDS) if init.depth == 2 else (CHAIN_INIT_SCHEMES, CHAIN_BACKENDS)
@@ -150,6 +145,17 @@ def validate(cfg: DictConfig) -> None:
     require(0 < eng.memory_mb <= physical_mb, "engine.memory_mb",
             f"> 0 and at most this machine's memory ({physical_mb:.0f} MB)", eng.memory_mb)
     chunk_size(cfg)  # raises when not even one run fits
+
+
+def check_axes(grid: DictConfig) -> None:
+    """grid.lr and grid.scale: non-empty, positive, increasing."""
+    for name in ("lr", "scale"):
+        axis, key = grid[name], f"grid.{name}"
+        require(axis.num >= 1, f"{key}.num", "an integer >= 1 (an empty grid has nothing to run)", axis.num)
+        require(axis.spacing in SPACINGS, f"{key}.spacing", f"one of {', '.join(SPACINGS)}", axis.spacing)
+        require(axis.start > 0, f"{key}.start", "> 0", axis.start)
+        require(axis.stop > axis.start if axis.num > 1 else axis.stop >= axis.start, f"{key}.stop",
+                f"> {key}.start={axis.start} (the grid is empty or inverted otherwise)", axis.stop)
 
 
 def axis_values(axis: DictConfig) -> np.ndarray:

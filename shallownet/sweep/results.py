@@ -11,6 +11,7 @@ from shallownet import theory
 from shallownet.processes import descent
 from shallownet.sweep.engine import CONVERGED, DIVERGED, OUTCOMES, Runs
 from shallownet.sweep.grid import Grid
+from shallownet.sweep.regions import REGIONS, classify_regions, region_counts
 
 
 def initial_state(grid: Grid) -> dict[str, np.ndarray]:
@@ -40,6 +41,11 @@ def records(grid: Grid, runs: Runs) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore", over="ignore"):  # diverged runs hold inf/nan and huge values
         norm_gd = np.where(converged, theory.gd_limit_norm(init["imbalance_norm0"], factor, grid.phi), np.nan)
         sharpness = theory.sharpness(residual, norm, grid.phi)
+        # the largest loss over the initial one, from the largest eta |eps_t| of the steps taken (eps_0 among them)
+        max_loss_ratio = np.where(runs.steps.reshape(grid.shape) > 0,
+                                  (runs.max_step.reshape(grid.shape) / (eta * np.abs(init["residual0"]))) ** 2, 1.0)
+    region = classify_regions(outcome, np.broadcast_to(eta, grid.shape), sharpness, max_loss_ratio,
+                              constant=swept_process(grid).constant)
     return {
         "eta": grid.eta,
         "scale": grid.scale,
@@ -52,6 +58,9 @@ def records(grid: Grid, runs: Runs) -> dict[str, np.ndarray]:
         "final_sharpness": sharpness,
         "norm_gd_over_gf": norm_gd / init["norm_gf"],
         "max_step_residual": runs.max_step.reshape(grid.shape),
+        "initial_sharpness": theory.sharpness(init["residual0"], init["norm0"], grid.phi),
+        "max_loss_ratio": max_loss_ratio,
+        "region": region,
         "theorem1_holds": (eta > 0) & (eta < init["theorem1_max_lr"]),
     }
 
@@ -61,7 +70,8 @@ def save_npz(path: Path, recs: dict[str, np.ndarray], names=OUTCOMES) -> None:
     from shallownet.run_folder import writing
 
     with writing(path) as partial, partial.open("wb") as file:
-        np.savez_compressed(file, outcome_names=np.array(names), **recs)
+        extra = {"region_names": np.array(REGIONS)} if "region" in recs else {}
+        np.savez_compressed(file, outcome_names=np.array(names), **extra, **recs)
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ def summarise(grid: Grid, recs: dict[str, np.ndarray]) -> dict:
         "grid_shape": list(outcome.shape),
         "outcomes": {name: int((outcome == code).sum()) for code, name in enumerate(OUTCOMES)},
         "config_steps": int(steps.sum()),
+        "regions": region_counts(recs["region"]),
         "steps_converged": _range(steps[converged]),
         "imbalance_ratio": _range(ratio[finite]),
         "imbalance_ratio_converged": _range(ratio[converged]),
