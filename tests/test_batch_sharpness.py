@@ -52,17 +52,19 @@ def test_exact_enumeration_matches_brute_force():
     got = batch.estimate(model, half_mse, x, y, batches, exact=True)
     for key, value in brute_force(model, x, y, 3).items():
         assert got[key] == pytest.approx(value, rel=1e-10), key
-    assert got["batch_sharpness_stderr"] == 0.0
+    for key in ("batch_sharpness", "gni", "batch_lambda_max"):
+        assert got[f"{key}_stderr"] == 0.0
 
 
-def test_the_monte_carlo_interval_covers_the_exact_value_at_its_nominal_rate():
+@pytest.mark.parametrize("key", ["batch_sharpness", "gni", "batch_lambda_max"])
+def test_the_monte_carlo_interval_covers_the_exact_value_at_its_nominal_rate(key):
     model, x, y = tiny_problem(n=10)
-    exact = batch.estimate(model, half_mse, x, y, batch.all_batches(10, 3), exact=True)["batch_sharpness"]
+    exact = batch.estimate(model, half_mse, x, y, batch.all_batches(10, 3), exact=True)[key]
     covered, seeds = 0, 40
     for seed in range(seeds):
         mc = batch.estimate(model, half_mse, x, y, batch.random_batches(10, 3, 60, torch.Generator().manual_seed(seed)))
-        assert abs(mc["batch_sharpness"] - exact) < 5 * mc["batch_sharpness_stderr"]
-        covered += abs(mc["batch_sharpness"] - exact) <= 1.96 * mc["batch_sharpness_stderr"]
+        assert 0 < mc[f"{key}_stderr"] and abs(mc[key] - exact) < 5 * mc[f"{key}_stderr"]
+        covered += abs(mc[key] - exact) <= 1.96 * mc[f"{key}_stderr"]
     assert 0.8 <= covered / seeds <= 1.0  # nominal 95 % (binomial sd over 40 seeds: 3.4 %)
 
 
@@ -93,8 +95,9 @@ def test_the_monitor_logs_its_tags_and_leaves_the_trajectory_alone():
     for ours, theirs in zip(watched.module.model.parameters(), plain.module.model.parameters(), strict=True):
         assert torch.equal(ours, theirs)
     monitor = watched.monitors["batch_sharpness"]
-    assert set(monitor.last) == {f"curvature/{k}" for k in ("step_sharpness", "batch_sharpness",
-                                                             "batch_sharpness_stderr", "gni", "batch_lambda_max")}
+    assert set(monitor.last) == {f"curvature/{k}" for k in ("step_sharpness", "batch_sharpness", "gni",
+                                                             "batch_lambda_max", "batch_sharpness_stderr",
+                                                             "gni_stderr", "batch_lambda_max_stderr")}
     assert monitor.last_step == 12 and monitor.last["curvature/batch_sharpness_stderr"] > 0
     module = watched.module
     x, y = module.curvature_data()
