@@ -104,3 +104,16 @@ def test_the_monitor_logs_its_tags_and_leaves_the_trajectory_alone():
     rows = module.process.batch_indices(12, 9)  # the batch of the step from state 12
     expected = batch.per_batch(module.model, module.loss_fn, x, y, rows[None], lambda_max=False)["ratio"][0]
     assert monitor.last["curvature/step_sharpness"] == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_class_labels_work_under_the_vmapped_estimator():
+    """half_sum_mse on integer labels (digits) inside vmap equals it on their one-hot float targets."""
+    from shallownet.losses import half_sum_mse
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    x, labels = torch.randn(7, 4, dtype=torch.float64), torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    batches = batch.random_batches(7, 3, 5, torch.Generator().manual_seed(0))
+    got = batch.estimate(model, half_sum_mse, x, labels, batches)
+    want = batch.estimate(model, half_sum_mse, x, nn.functional.one_hot(labels, 3).double(), batches)
+    assert got == pytest.approx(want, rel=1e-12)
