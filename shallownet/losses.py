@@ -23,10 +23,12 @@ def half_sum_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     torch's MSELoss would also average over the classes, which divides the sharpness by their number.
     Integer targets are class labels; float targets are used as they are.
     """
-    from torch.nn import functional as F
+    import torch
 
     if not targets.is_floating_point():
-        targets = F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)
+        # one_hot by comparison: F.one_hot reads the labels' max (.item()), which torch.func.vmap refuses
+        classes = torch.arange(outputs.shape[-1], device=targets.device)
+        targets = (targets.unsqueeze(-1) == classes).to(outputs.dtype)
     return 0.5 * (outputs - targets).square().sum(dim=-1).mean()
 
 

@@ -67,7 +67,7 @@ class TheoryConfig:
 
 @dataclass
 class BatchSharpnessConfig:
-    every_n_steps: int = 0  # curvature/step_sharpness, batch_sharpness(_stderr), gni, batch_lambda_max; 0: off
+    every_n_steps: int = 0  # curvature/step_sharpness, batch_sharpness, gni, batch_lambda_max (+ _stderr); 0: off
     n_batches: int = 100  # fresh batches (of the training batch size) per Monte Carlo estimate
     exact: bool = False  # enumerate every one of the C(n, b) batches instead (small data only)
     seed: int = 0  # seed of the monitor's own batch generator (never the run's)

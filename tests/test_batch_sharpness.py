@@ -52,17 +52,19 @@ def test_exact_enumeration_matches_brute_force():
     got = batch.estimate(model, half_mse, x, y, batches, exact=True)
     for key, value in brute_force(model, x, y, 3).items():
         assert got[key] == pytest.approx(value, rel=1e-10), key
-    assert got["batch_sharpness_stderr"] == 0.0
+    for key in ("batch_sharpness", "gni", "batch_lambda_max"):
+        assert got[f"{key}_stderr"] == 0.0
 
 
-def test_the_monte_carlo_interval_covers_the_exact_value_at_its_nominal_rate():
+@pytest.mark.parametrize("key", ["batch_sharpness", "gni", "batch_lambda_max"])
+def test_the_monte_carlo_interval_covers_the_exact_value_at_its_nominal_rate(key):
     model, x, y = tiny_problem(n=10)
-    exact = batch.estimate(model, half_mse, x, y, batch.all_batches(10, 3), exact=True)["batch_sharpness"]
+    exact = batch.estimate(model, half_mse, x, y, batch.all_batches(10, 3), exact=True)[key]
     covered, seeds = 0, 40
     for seed in range(seeds):
         mc = batch.estimate(model, half_mse, x, y, batch.random_batches(10, 3, 60, torch.Generator().manual_seed(seed)))
-        assert abs(mc["batch_sharpness"] - exact) < 5 * mc["batch_sharpness_stderr"]
-        covered += abs(mc["batch_sharpness"] - exact) <= 1.96 * mc["batch_sharpness_stderr"]
+        assert 0 < mc[f"{key}_stderr"] and abs(mc[key] - exact) < 5 * mc[f"{key}_stderr"]
+        covered += abs(mc[key] - exact) <= 1.96 * mc[f"{key}_stderr"]
     assert 0.8 <= covered / seeds <= 1.0  # nominal 95 % (binomial sd over 40 seeds: 3.4 %)
 
 
@@ -93,11 +95,25 @@ def test_the_monitor_logs_its_tags_and_leaves_the_trajectory_alone():
     for ours, theirs in zip(watched.module.model.parameters(), plain.module.model.parameters(), strict=True):
         assert torch.equal(ours, theirs)
     monitor = watched.monitors["batch_sharpness"]
-    assert set(monitor.last) == {f"curvature/{k}" for k in ("step_sharpness", "batch_sharpness",
-                                                             "batch_sharpness_stderr", "gni", "batch_lambda_max")}
+    assert set(monitor.last) == {f"curvature/{k}" for k in ("step_sharpness", "batch_sharpness", "gni",
+                                                             "batch_lambda_max", "batch_sharpness_stderr",
+                                                             "gni_stderr", "batch_lambda_max_stderr")}
     assert monitor.last_step == 12 and monitor.last["curvature/batch_sharpness_stderr"] > 0
     module = watched.module
     x, y = module.curvature_data()
     rows = module.process.batch_indices(12, 9)  # the batch of the step from state 12
     expected = batch.per_batch(module.model, module.loss_fn, x, y, rows[None], lambda_max=False)["ratio"][0]
     assert monitor.last["curvature/step_sharpness"] == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_class_labels_work_under_the_vmapped_estimator():
+    """half_sum_mse on integer labels (digits) inside vmap equals it on their one-hot float targets."""
+    from shallownet.losses import half_sum_mse
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    x, labels = torch.randn(7, 4, dtype=torch.float64), torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    batches = batch.random_batches(7, 3, 5, torch.Generator().manual_seed(0))
+    got = batch.estimate(model, half_sum_mse, x, labels, batches)
+    want = batch.estimate(model, half_sum_mse, x, nn.functional.one_hot(labels, 3).double(), batches)
+    assert got == pytest.approx(want, rel=1e-12)

@@ -8,6 +8,7 @@ Tags (a contract), at the state after k steps:
     curvature/batch_sharpness_stderr  the standard error of that mean of ratios (0 with exact=true)
     curvature/gni                     mean_B g_B^T H g_B / |grad L|^2
     curvature/batch_lambda_max        mean_B lambda_max(H_B)
+    curvature/gni_stderr, curvature/batch_lambda_max_stderr   their standard errors (0 with exact=true)
 
 The fresh batches come from the monitor's own torch.Generator (seeded; its state is checkpointed), common
 to all quantities; exact=true takes every one of the C(n, b) batches instead. Measuring draws from no

@@ -8,8 +8,8 @@ every quantity (common random numbers):
     gni               mean_B  g_B^T H g_B / |g|^2       (gradient-noise interaction)
     batch_lambda_max  mean_B  lambda_max(H_B)
 
-and the standard error of the batch-sharpness estimator: std(ratios) / sqrt(m) over m i.i.d. batches (the
-mean of ratios' own, not the ratio of means'); 0 for an exact enumeration. The per-batch products are
+and the standard error of each estimator: std(per-batch values) / sqrt(m) over m i.i.d. batches (for batch
+sharpness that of the mean of ratios, not the ratio of means'); 0 for an exact enumeration. The per-batch products are
 batched with torch.func.vmap over stacked batches (forward-over-reverse HVPs), not a double backward per
 batch. lambda_max(H_B) is the top eigenvalue of each batch's dense Hessian up to MAX_DENSE_DIM parameters,
 else Lanczos on that batch's HVPs.
@@ -91,16 +91,26 @@ def _top_eigenvalues(loss, theta: torch.Tensor, xs: torch.Tensor, ys: torch.Tens
     return torch.stack(values)
 
 
+def _mean_and_stderr(values: torch.Tensor, exact: bool) -> tuple[float, float]:
+    """The mean of i.i.d. per-batch values and its standard error std / sqrt(m) (0 for an enumeration)."""
+    values, m = values.double(), len(values)
+    stderr = 0.0 if exact else (float(values.std(correction=1)) / math.sqrt(m) if m > 1 else math.nan)
+    return float(values.mean()), stderr
+
+
 def estimate(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, batches: torch.Tensor,
              exact: bool = False) -> dict[str, float]:
-    """batch_sharpness, batch_sharpness_stderr, gni and batch_lambda_max over `batches` (exact: they are
-    every batch of their size, so the means are expectations and the standard error is 0)."""
+    """batch_sharpness, gni and batch_lambda_max over `batches`, each with its standard error (`<name>_stderr`;
+    exact: they are every batch of their size, so the means are expectations and the standard errors 0).
+    gni's denominator |g|^2 is the full batch's, a constant, so its standard error is that of the numerator's
+    mean over |g|^2."""
     parts = per_batch(model, loss_fn, x, y, batches)
-    ratio, m = parts["ratio"].double(), len(batches)
-    stderr = 0.0 if exact else (float(ratio.std(correction=1)) / math.sqrt(m) if m > 1 else math.nan)
-    return {"batch_sharpness": float(ratio.mean()), "batch_sharpness_stderr": stderr,
-            "gni": float(parts["noise"].double().mean() / parts["full_squared"].double()),
-            "batch_lambda_max": float(parts["lambda_max"].double().mean())}
+    out = {}
+    for name, values in (("batch_sharpness", parts["ratio"]),
+                         ("gni", parts["noise"].double() / parts["full_squared"].double()),
+                         ("batch_lambda_max", parts["lambda_max"])):
+        out[name], out[f"{name}_stderr"] = _mean_and_stderr(values, exact)
+    return out
 
 
 def step_sharpness(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
