@@ -1,7 +1,7 @@
 """The central flow (shallownet.processes.flows.CentralFlow) and its complementarity solve
 (shallownet.curvature.complementarity): the k = 1 closed form, the k >= 2 solver against KKT and a brute-force
 minimiser, gradient flow below the threshold, and the shallow net's exact limit Q_inf (docs/theory.md
-section 12), all in float64."""
+section 11), all in float64."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def test_central_flow_is_gradient_flow_while_eta_s_is_below_2():
 def test_width_one_net_slides_along_two_over_eta_to_q_inf():
     """Phi = 1, (a0, b0) = (2, 0), eta = 0.46: gradient flow would end at lam = sqrt(4 + 16) = 4.47 > 2/eta;
     the central flow becomes critical, then slides along S = 2/eta to ab = Phi, a^2 + b^2 = 2/eta, so
-    Q_inf = a^2 - b^2 = sqrt((2/eta)^2 - 4 Phi^2) = 3.8605 (docs/theory.md section 12)."""
+    Q_inf = a^2 - b^2 = sqrt((2/eta)^2 - 4 Phi^2) = 3.8605 (docs/theory.md section 11)."""
     eta = 0.46
     net = ScalarLinearNet(torch.tensor([2.0], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64), phi=PHI)
     process = CentralFlow(lr=eta, rtol=1e-10, atol=1e-12, top_k=1)

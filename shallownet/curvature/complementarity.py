@@ -14,7 +14,7 @@ closed form: X = max(0, -A / B).
 
 `central_flow_problem` builds A and B from the third-order products beta_ij = grad_w(u_i^T H u_j) and the
 gradient g: A_ij = beta_ij . g (minus the velocity of u_i^T H u_j under gradient flow) and
-B(X)_ij = 1/2 sum_kl (beta_ij . beta_kl) X_kl (the velocity X's term adds), docs/theory.md section 12.
+B(X)_ij = 1/2 sum_kl (beta_ij . beta_kl) X_kl (the velocity X's term adds), docs/theory.md section 11.
 """
 
 from __future__ import annotations

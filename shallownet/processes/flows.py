@@ -106,7 +106,7 @@ class CentralFlow(GradientFlow):
     (shallownet.curvature.complementarity): d(U^T H U)/dt <= -(U^T H U - 2/lr) / tau, tau = relaxation * lr,
     which is the exact central flow's d(U^T H U)/dt <= 0 on the constraint surface and pulls an eigenvalue
     that integration error (or the initialisation) left above 2/lr back at rate 1/tau. With no eigenvalue at
-    2/lr, X = 0 and the velocity is gradient flow's. docs/theory.md section 12 derives it."""
+    2/lr, X = 0 and the velocity is gradient flow's. docs/theory.md section 11 derives it."""
 
     method = "central_flow"
     identities = None
