@@ -103,6 +103,26 @@ def run_config(cfg: DictConfig, entry: DictConfig) -> DictConfig:
                                           "monitor": monitor})
 
 
+FLOWS_SCORED = ("flow", "modified_flow", "central_flow")  # the flows whose distance to GD compare logs
+
+
+def gd_partners(cfg: DictConfig) -> dict[int, int]:
+    """{flow entry: GD entry} for compare/distance_to_gd: a flow that models GD at lr (modified_flow,
+    central_flow) with the gd entry at that lr; gradient flow with the only gd entry, when there is one."""
+    gd = [j for j, entry in enumerate(cfg.processes) if entry.method == "gd"]
+    partners = {}
+    for i, entry in enumerate(cfg.processes):
+        if entry.method not in FLOWS_SCORED:
+            continue
+        if entry.method == "flow":
+            match = gd if len(gd) == 1 else []
+        else:
+            match = [j for j in gd if cfg.processes[j].lr == entry.lr]
+        if match:
+            partners[i] = match[0]
+    return partners
+
+
 def validate_compare(cfg: DictConfig) -> None:
     for i, entry in enumerate(cfg.processes):
         validate_process(entry, f"processes[{i}]")
@@ -128,18 +148,29 @@ def compare(cfg: DictConfig, run_dir: Path, built: list | None = None) -> dict:
     sub-runs' shallownet.training.Pieces, one per process, if already built (else built here).
 
     Shallow-net quantities (eps, lam, Qn) give theory's limits; other models get the measured table."""
+    from shallownet.callbacks.distance import DistanceToGD, GDTrajectory
     from shallownet.training import build, run
 
-    summaries, columns = [], {}
-    for i, entry in enumerate(cfg.processes):
+    partners = gd_partners(cfg)
+    trajectories = {j: GDTrajectory() for j in set(partners.values())}
+    summaries, columns, distances = [None] * len(cfg.processes), {}, {}
+    for i in sorted(range(len(cfg.processes)), key=lambda i: i not in trajectories):  # GD partners first
+        entry = cfg.processes[i]
         label = process_label(entry)
         sub = run_config(cfg, entry)
         pieces = built[i] if built is not None else build(sub)
         for monitor in pieces.monitors.values():
             columns.update({key: header for header, key in getattr(monitor, "columns", ())})
+        extra = trajectories.get(i)
+        if i in partners:
+            extra = distances[i] = DistanceToGD(trajectories[partners[i]], cfg.processes[partners[i]].lr)
+        if extra is not None:
+            pieces.callbacks.insert(len(pieces.callbacks) - 1, extra)  # before the recorder
         (run_dir / label).mkdir()
         summary = run(sub, run_dir / label, pieces=pieces)
-        summaries.append({**summary, "run": label})
+        summaries[i] = {**summary, "run": label}
+        if i in distances:
+            summaries[i].update(distance_to_gd_end=distances[i].last, distance_to_gd_max=distances[i].largest)
     init, phi = summaries[0]["init"], summaries[0]["phi"]
     result = {"model": cfg.model.kind, "phi": phi, "width": cfg.model.get("width"), "tol": cfg.train.tol,
               "time_unit": time_unit(cfg), "init": init, "theory": None,
@@ -174,6 +205,8 @@ def table_row(summary: dict, lam_gf: float | None, columns: dict) -> dict:
         "imbalance_ratio": final.get("imbalance_ratio"), "final_loss": final.get("loss"),
         **{key: final.get(key) for key in columns},
         "factor": factor, "theory_norm_gf": lam_gf,
+        "distance_to_gd_end": summary.get("distance_to_gd_end"),
+        "distance_to_gd_max": summary.get("distance_to_gd_max"),
         "theory_norm": None, "rel_error_norm": None, "rel_error_sharpness": None,
     }
     if lam_gf is not None and summary["status"] == CONVERGED:  # theory's limits are about converged runs
@@ -198,6 +231,7 @@ _COLUMNS = (  # (header, row key, format)
     ("S(T)", "final_sharpness", "{:.8g}"), ("S_P(T)", "final_preconditioned_sharpness", "{:.6g}"),
     ("threshold", "stability_threshold", "{:.6g}"), ("loss(T)", "final_loss", "{:.3g}"),
     ("Q(T)/Q(0)", "imbalance_ratio", "{:.6g}"), ("P", "factor", "{:.6g}"),
+    ("|d GD|(T)", "distance_to_gd_end", "{:.3g}"), ("max |d GD|", "distance_to_gd_max", "{:.3g}"),
     ("lam theory", "theory_norm", "{:.8g}"), ("rel err lam", "rel_error_norm", "{:.1e}"),
     ("rel err S", "rel_error_sharpness", "{:.1e}"),
 )

@@ -124,6 +124,9 @@ def build(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> Pieces
                              convergence=t.convergence or model_kind.convergence, chunk_size=t.chunk_size,
                              time_unit=t.time_unit)
     module.use_data(data)
+    why = process.curvature_refusal(module._curvature_operator) if process.needs_curvature else None
+    if why is not None:
+        raise ConfigError(why)
     monitors = build_monitors(cfg, module)
     recorder = RunRecorder(flat_hparams(cfg), monitors["dynamics"],
                            [m for name, m in monitors.items() if name != "dynamics"])

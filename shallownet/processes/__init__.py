@@ -13,6 +13,8 @@ derives each stability threshold.
     sgd       torch.optim.SGD(momentum=beta) on mini-batches drawn without replacement (processes.stochastic)
     flow      gradient flow d(theta)/dt = -g, adaptive Dormand-Prince 5(4)
     modified_flow  d(theta)/dt = -(g + (lr/2) H g), the modified equation of GD at lr (Barrett & Dherin 2021)
+    central_flow   d(theta)/dt = -(g + 1/2 sum_ij X_ij grad(u_i^T H u_j)), GD's time average at the edge of
+                   stability (Cohen et al. 2025)
 """
 
 from dataclasses import dataclass, field
@@ -116,6 +118,20 @@ class ModifiedFlowConfig(FlowConfig):
         _positive(section, prefix, "lr")
 
 
+@dataclass
+class CentralFlowConfig(ModifiedFlowConfig):
+    top_k: int = 4  # top Hessian eigenpairs tracked (warm-started block Lanczos); the critical ones, lr lambda >= 2,
+    # span U
+    relaxation: float = 1.0  # tau / lr: an eigenvalue above 2/lr is pulled back at rate 1/tau (GD steps)
+    eigen_tol: float = 1.0e-9  # relative residual of each eigenpair
+
+    @staticmethod
+    def validate(section, prefix: str = "optim") -> None:
+        ModifiedFlowConfig.validate(section, prefix)
+        _positive(section, prefix, "relaxation", "eigen_tol")
+        require(section.top_k >= 1, f"{prefix}.top_k", "an integer >= 1", section.top_k)
+
+
 @register_process("gd", GDConfig)
 def build_gd(section):
     from shallownet.processes.descent import GradientDescentProcess
@@ -171,3 +187,11 @@ def build_modified_flow(section):
     from shallownet.processes.flows import ModifiedFlow
 
     return ModifiedFlow(lr=section.lr, rtol=section.rtol, atol=section.atol, max_step=section.max_step)
+
+
+@register_process("central_flow", CentralFlowConfig)
+def build_central_flow(section):
+    from shallownet.processes.flows import CentralFlow
+
+    return CentralFlow(lr=section.lr, rtol=section.rtol, atol=section.atol, max_step=section.max_step,
+                       top_k=section.top_k, relaxation=section.relaxation, eigen_tol=section.eigen_tol)

@@ -95,6 +95,11 @@ class Process:
         """Why this process cannot train on `rows` training rows, a sentence naming the config key (None: it can)."""
         return None
 
+    def curvature_refusal(self, curvature: Callable[[], HessianOperator]) -> str | None:
+        """Why this process's velocity cannot be computed for the run's loss (None: it can), for a process that
+        needs_curvature: curvature makes the run's HessianOperator, as in make_optimizer."""
+        return None
+
     def batch_indices(self, step: int, rows: int) -> torch.Tensor | None:
         """The rows step `step` takes its gradient on, for a minibatch process (None: all of them)."""
         return None
