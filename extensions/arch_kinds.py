@@ -1,5 +1,6 @@
 """Registry entries of the edge-of-stability literature's other architectures (light: no torch at import):
-model kinds transformer (extensions/transformer.py) and resnet (extensions/resnet.py), and the algorithmic
+model kinds transformer (extensions/transformer.py), vit (extensions/vit.py) and resnet (extensions/resnet.py),
+and the algorithmic
 sequence data the transformer trains on, generated from a seed (extensions/sequence_data.py):
 modular_addition, sorting, copying. Omegaconf structured configs: no `from __future__ import annotations`.
 """
@@ -34,6 +35,31 @@ class TransformerConfig:
             require(m[key] >= 1, f"model.{key}", "an integer >= 1", m[key])
         require(m.d_model % m.heads == 0, "model.heads", f"a divisor of model.d_model={m.d_model}", m.heads)
         require(m.seq_len is None or m.seq_len >= 1, "model.seq_len", "null or an integer >= 1", m.seq_len)
+        require(m.positions in POSITIONS, "model.positions", f"one of {', '.join(POSITIONS)}", m.positions)
+        require(m.num_outputs is None or m.num_outputs >= 1, "model.num_outputs", "null or an integer >= 1",
+                m.num_outputs)
+        require_init_scale(m)
+
+
+@dataclass
+class ViTConfig:
+    patch: int = 2  # side of the square patches (Conv2d kernel = stride); digits 8x8: 16 tokens of 4 pixels
+    layers: int = 2  # pre-norm blocks with bidirectional attention (the transformer kind's blocks)
+    d_model: int = 32  # width of the residual stream (patch embeddings plus positions)
+    heads: int = 4  # d_model / heads dimensions each
+    mlp_width: int = 64  # Linear(d_model, mlp_width), GELU, Linear(mlp_width, d_model)
+    positions: str = "learned"  # learned | sinusoidal
+    layer_norm: bool = True  # false: no LayerNorm anywhere
+    seed: int = 0  # random seed of the initialisation (global RNG untouched)
+    init_scale: float = 1.0  # every parameter of that initialisation times this
+    num_outputs: Optional[int] = None  # noqa: UP045  null: number of classes in the labels
+
+    @staticmethod
+    def validate(cfg: Any) -> None:
+        m = model_section(cfg)
+        for key in ("patch", "layers", "d_model", "heads", "mlp_width"):
+            require(m[key] >= 1, f"model.{key}", "an integer >= 1", m[key])
+        require(m.d_model % m.heads == 0, "model.heads", f"a divisor of model.d_model={m.d_model}", m.heads)
         require(m.positions in POSITIONS, "model.positions", f"one of {', '.join(POSITIONS)}", m.positions)
         require(m.num_outputs is None or m.num_outputs >= 1, "model.num_outputs", "null or an integer >= 1",
                 m.num_outputs)
@@ -106,5 +132,7 @@ register_data("sorting", SequenceConfig, "extensions.sequence_data:load_sorting"
 register_data("copying", SequenceConfig, "extensions.sequence_data:load_copying")
 register_model("transformer", TransformerConfig, "extensions.transformer:build_transformer",
                default_data="modular_addition", convergence="loss", loss=LOSS)
+register_model("vit", ViTConfig, "extensions.vit:build_vit", default_data=DEFAULT_DATA, convergence="loss",
+               loss=LOSS)
 register_model("resnet", ResNetConfig, "extensions.resnet:build_resnet", default_data=DEFAULT_DATA,
                convergence="loss", loss=LOSS)

@@ -33,12 +33,18 @@ from shallownet.checks import ConfigError, require
 from shallownet.registry import FullBatchData
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + causal mask) v over [..., L, d]: position i attends to positions <= i."""
-    length = q.shape[-2]
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) [+ causal mask]) v over [..., L, d]; causal: position i attends to positions <= i."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    future = torch.ones(length, length, dtype=torch.bool, device=q.device).triu(1)
-    return scores.masked_fill(future, float("-inf")).softmax(dim=-1) @ v
+    if causal:
+        length = q.shape[-2]
+        future = torch.ones(length, length, dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return attention(q, k, v, causal=True)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -51,23 +57,24 @@ class LayerNorm(nn.LayerNorm):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, d_model: int, heads: int, dtype: torch.dtype):
+    def __init__(self, d_model: int, heads: int, dtype: torch.dtype, causal: bool = True):
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.qkv = nn.Linear(d_model, 3 * d_model, dtype=dtype)
         self.proj = nn.Linear(d_model, d_model, dtype=dtype)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         n, length, d = h.shape
         q, k, v = self.qkv(h).view(n, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return self.proj(causal_attention(q, k, v).transpose(1, 2).reshape(n, length, d))
+        return self.proj(attention(q, k, v, self.causal).transpose(1, 2).reshape(n, length, d))
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, heads: int, mlp_width: int, layer_norm: bool, dtype: torch.dtype):
+    def __init__(self, d_model: int, heads: int, mlp_width: int, layer_norm: bool, dtype: torch.dtype,
+                 causal: bool = True):
         super().__init__()
         norm = (lambda: LayerNorm(d_model, dtype=dtype)) if layer_norm else nn.Identity
-        self.norm1, self.attn, self.norm2 = norm(), SelfAttention(d_model, heads, dtype), norm()
+        self.norm1, self.attn, self.norm2 = norm(), SelfAttention(d_model, heads, dtype, causal), norm()
         self.mlp = nn.Sequential(nn.Linear(d_model, mlp_width, dtype=dtype), nn.GELU(),
                                  nn.Linear(mlp_width, d_model, dtype=dtype))
 

@@ -33,10 +33,17 @@ def half_sum_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits against integer class labels."""
+    """Mean cross-entropy of logits [..., V] against integer class labels [...] (or probabilities [..., V]).
+
+    Classes are the last dimension (not F.cross_entropy's second): a sequence task's logits [N, k, V] with
+    labels [N, k] give the mean over the N k answers, which is the mean over rows of each row's mean, so
+    chunk weights n_i / N stay exact.
+    """
     from torch.nn import functional as F
 
-    return F.cross_entropy(outputs, targets)
+    classes = outputs.shape[-1]
+    flat = targets.reshape(-1, classes) if targets.is_floating_point() else targets.reshape(-1)
+    return F.cross_entropy(outputs.reshape(-1, classes), flat)
 
 
 LOSSES = {"half_mse": half_mse, "half_sum_mse": half_sum_mse, "cross_entropy": cross_entropy}

@@ -39,6 +39,7 @@ from shallownet.callbacks.run import (
 )
 from shallownet.callbacks.sharpness import SharpnessMonitor
 from shallownet.checks import ConfigError
+from shallownet.curvature.probe import probes_of
 from shallownet.data import FullBatchDataModule
 from shallownet.losses import LOSSES
 from shallownet.module import FullBatchModule
@@ -361,6 +362,7 @@ def summarise(cfg: DictConfig, pieces: Pieces, trainer: L.Trainer, wall: float) 
         "seed": cfg.model.init.seed if "init" in cfg.model else None,
         "tol": cfg.train.tol, "convergence": module.convergence, "wall_time_s": wall,
         "init": recorder.init, "final": recorder.final,
+        "hvp_probe": probes_of(module),  # [] when no curvature monitor ran (shallownet.curvature.probe)
     }
 
 

@@ -1,5 +1,5 @@
-"""The transformer (on modular addition and on sorting) and the resnet through `shallownet train`, `compare`
-and `eos`: tiny instances, a few steps each."""
+"""The transformer (on modular addition and on sorting, MSE and cross-entropy), the vit and the resnet
+through `shallownet train`, `compare` and `eos`: tiny instances, a few steps each."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ TINY = {
     "transformer": [*TRANSFORMER, "data.modulus=5"],
     "transformer_sorting": [*TRANSFORMER, "model.positions=sinusoidal", "data.kind=sorting", "data.vocab=3",
                             "data.length=4", "data.n_train=40", "data.n_test=20"],
+    "transformer_sorting_ce": [*TRANSFORMER, "data.kind=sorting", "data.vocab=3", "data.length=4",
+                               "data.n_train=40", "data.n_test=20", "loss=cross_entropy"],
+    "vit": ["model.kind=vit", "model.patch=4", "model.layers=1", "model.d_model=8", "model.heads=2",
+            "model.mlp_width=16", "data.n_train=64", "data.n_test=32"],
     "resnet": ["model.kind=resnet", "model.depth=1", "model.width=4", "model.stages=2", "data.n_train=64",
                "data.n_test=32"],
 }
@@ -34,6 +38,9 @@ def test_train(cli, task):
     assert summary["final"]["loss"] < summary["init"]["loss"] and summary["final"]["sharpness"] > 0
     assert 0 <= summary["final"]["accuracy"] <= 1 and 0 <= summary["final"]["test_accuracy"] <= 1
     assert events.read_metrics(dirs[0])["curvature/sharpness"][0].tolist() == [0, 3, 6]
+    # the capability probe's verdict: both AD methods work through the written-out attention and LayerNorm
+    assert summary["hvp_probe"] == [{"where": "float64, cpu", "method": "double-backward", "checked": True,
+                                     "failed": []}]
 
 
 def test_sorting_accuracy_counts_whole_sequences(cli):

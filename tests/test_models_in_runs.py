@@ -24,6 +24,8 @@ SMALL = {  # a few-second run of each registered kind
                "data.n_test=50", "optim.lr=0.1"],
     "transformer": ["model.layers=1", "model.d_model=8", "model.heads=2", "model.mlp_width=16", "data.modulus=5",
                     "optim.lr=0.1"],
+    "vit": ["model.patch=4", "model.layers=1", "model.d_model=8", "model.heads=2", "model.mlp_width=16",
+            "data.n_train=60", "data.n_test=50", "optim.lr=0.1"],
 }
 
 

@@ -13,7 +13,7 @@ from extensions.arch_kinds import TransformerConfig
 from extensions.transformer import LayerNorm, build_transformer, causal_attention, sinusoidal
 from shallownet.checks import ConfigError
 from shallownet.curvature import HessianOperator, dense_hessian, top_eigenvalue
-from shallownet.losses import half_sum_mse
+from shallownet.losses import cross_entropy, half_sum_mse
 from shallownet.registry import FullBatchData
 
 
@@ -177,3 +177,18 @@ def test_image_data_is_refused():
     with pytest.raises(ConfigError, match="token data"):
         build_transformer(model_cfg(), FullBatchData(torch.zeros(3, 1, 8, 8, dtype=torch.float64),
                                                      torch.zeros(3, dtype=torch.int64)))
+
+
+def test_cross_entropy_on_sequence_answers_is_the_mean_over_rows_and_positions():
+    """Logits [N, k, V] against labels [N, k]: each row's mean of -log softmax at its answers, averaged over
+    the rows (what chunk weights n_i / N need); the sharpness under it matches the dense Hessian."""
+    model, (x, y) = tiny("learned", sequence=True)
+    with torch.no_grad():
+        logits = model(x)
+    by_hand = -logits.log_softmax(dim=-1).gather(-1, y[..., None])[..., 0].mean(dim=1).mean()
+    torch.testing.assert_close(cross_entropy(logits, y), by_hand, rtol=1e-14, atol=0)
+    torch.testing.assert_close(cross_entropy(logits[0, 0], y[0, 0]), by_hand.new_tensor(
+        float(-logits[0, 0].log_softmax(-1)[y[0, 0]])), rtol=1e-14, atol=0)  # one answer: the plain case
+    dense = dense_hessian(model, cross_entropy, (x, y))
+    result = top_eigenvalue(HessianOperator(model, cross_entropy, (x, y)), tol=1e-10)
+    assert result.value == pytest.approx(float(torch.linalg.eigvalsh(dense)[-1]), rel=1e-9)

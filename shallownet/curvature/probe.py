@@ -125,6 +125,14 @@ def probe_hvp(model: nn.Module, loss_fn: LossFn, data, *, chunk_size: int | None
     return result
 
 
+def probes_of(model: nn.Module) -> list[dict]:
+    """The cached probe results of model (one per device and dtype it was probed on), as a run summary
+    records them: where, method (None: none trusted), checked, failed (the methods that failed or disagreed).
+    Without the differences: they depend on the parameters probed at, which a resumed run does not share."""
+    return [{"where": r.where, "method": r.method, "checked": r.checked, "failed": r.failed}
+            for r in _PROBES.get(model, {}).values()]
+
+
 def _try(model, loss_fn, data, chunk_size, method, direction) -> tuple[str, torch.Tensor | None]:
     """("", H v) by `method`, or (why not, None)."""
     try:
