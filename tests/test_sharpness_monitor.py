@@ -144,11 +144,27 @@ def test_top_k_eigenvalues_and_no_duplicate_at_train_end(tmp_path):
 
 def test_state_dict_round_trip(tmp_path):
     monitor = SharpnessMonitor(every_n_steps=2)
-    fit(TinyRegression(), monitor, tmp_path, max_steps=3)
+    fit(TinyRegression(), monitor, tmp_path, max_steps=4)
     restored = SharpnessMonitor(every_n_steps=2)
     restored.load_state_dict(monitor.state_dict())
+    assert [step for step, _ in monitor.history] == [0, 2, 4]
     assert restored.history == monitor.history and restored.last == monitor.last
     assert torch.equal(restored.tracker.previous[0], monitor.tracker.previous[0])
+
+
+def test_state_dict_after_an_off_cadence_end_is_the_state_before_it(tmp_path):
+    """A run that ends at step 3 of a cadence of 2 measures there, but checkpoints the state of step 2
+    and names the tags of step 3: an uninterrupted longer run never measures step 3."""
+    from shallownet.callbacks.periodic import OFF_CADENCE
+
+    monitor = SharpnessMonitor(every_n_steps=2)
+    fit(TinyRegression(), monitor, tmp_path, max_steps=3)
+    assert [step for step, _ in monitor.history] == [0, 2, 3]
+    state = monitor.state_dict()
+    assert state[OFF_CADENCE]["x"] == 3 and "curvature/sharpness" in state[OFF_CADENCE]["tags"]
+    restored = SharpnessMonitor(every_n_steps=2)
+    restored.load_state_dict(state)
+    assert restored.history == monitor.history[:2] and restored.last_step == 2
 
 
 def test_disabled_with_zero_interval(tmp_path):
