@@ -10,6 +10,7 @@ stability threshold, lam_GF (the sharpness where gradient flow ends) and 2 Phi (
 from __future__ import annotations
 
 import csv
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,8 @@ def compare_figure(run_dir: Path, result: dict):
     model = result["model"] + (f", d = {result['width']}" if result.get("width") else "") + \
         (f", Φ = {phi:g}" if phi else "")
     named = what_was_run([{"process": row["run"], "flow": row["method"] == "flow"} for row in rows])
-    fig.suptitle(f"{model}: {named}, from one init (dotted or dashed: theory's limits)")
+    title = textwrap.fill(f"{model}: {named}, from one init", width=110)  # many processes: several lines
+    fig.suptitle(f"{title}\n(dotted or dashed: theory's limits)")
     return fig
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from shallownet import events
@@ -128,3 +129,44 @@ def test_status_refuses_what_is_no_root(tmp_path):
     assert "a file" in refused(shallownet("status", str(tmp_path / "file")))
     assert "one ROOT" in refused(shallownet("status", str(tmp_path), str(tmp_path)))
     assert states(tmp_path) == {}
+
+
+# --- items 7 and 9: symlinks and unwritable places -------------------------------------------------------
+
+def test_a_symlinked_runs_name_writes_into_the_real_folder_and_prints_it(tmp_path):
+    real = tmp_path / "disk" / "train"
+    real.mkdir(parents=True)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "train").symlink_to(real, target_is_directory=True)
+    result = ok(shallownet("train", "train.max_steps=3", f"output.root={tmp_path / 'runs'}", *QUIET))
+    assert (real / "version_0" / "summary.json").is_file()
+    assert f"run folder: {real / 'version_0'}" in result.stdout
+
+
+def test_a_resume_refuses_a_symlink_inside_its_run_folder_and_changes_nothing(tmp_path):
+    ok(shallownet("train", "train.max_steps=3", f"output.root={tmp_path}", *QUIET))
+    run_dir = tmp_path / "train" / "version_0"
+    elsewhere = tmp_path / "precious.csv"
+    elsewhere.write_text("not a run's metrics\n")
+    (run_dir / "metrics.csv").unlink()
+    (run_dir / "metrics.csv").symlink_to(elsewhere)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and not p.is_symlink()}
+    line = refused(shallownet("train", f"train.resume={run_dir}", "train.max_steps=6"))
+    assert "metrics.csv is a symlink" in line
+    assert elsewhere.read_text() == "not a run's metrics\n"
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_read_only_file_system_is_refused_before_any_work(tmp_path):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a read-only tmpfs needs privileges this machine does not give")
+    try:
+        started = time.monotonic()
+        line = refused(shallownet("train", f"output.root={mount}", *QUIET))
+        assert "read-only file system" in line and "output.root" in line
+        assert time.monotonic() - started < 30 and not any(mount.iterdir())
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

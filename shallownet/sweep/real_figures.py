@@ -62,8 +62,9 @@ def phase_map(recs: dict, title: str, margin: float):
     ax.legend(handles=[Patch(color=REGION_COLOURS[n], label=lab) for n, lab in zip(REGIONS, counts, strict=True)],
               loc="upper left", bbox_to_anchor=(1.01, 1.0), title="region (runs, all seeds)")
     seeds = recs["seed"]
-    ax.set_title(f"{title}\nphase map, seed {int(seeds[0])} of {seeds.size}: edge of stability = ends with "
-                 f"η·sharpness ≥ {2 * (1 - margin):.2g}; catapult = loss rose above its start, ends below")
+    ax.set_title(f"{title}\nphase map, seed {int(seeds[0])} of {seeds.size}; edge of stability: ends with "
+                 f"η·sharpness ≥ {2 * (1 - margin):.2g}\ncatapult: the loss rose above its start and ends below it",
+                 fontsize=10)
     return fig
 
 
