@@ -81,7 +81,7 @@ def gd_orbit(a0, b0, phi, eta, n_steps: int, keep: int) -> Orbit:
         with np.errstate(over="ignore", invalid="ignore"):
             a, b = gd_step(a, b, phi, eta)
             dead |= _diverged(a, b)
-        a[dead], b[dead] = np.nan, np.nan
+        a, b = np.where(dead, np.nan, a), np.where(dead, np.nan, b)
         if dead.all():
             break
         slot = t - (n_steps - keep)
