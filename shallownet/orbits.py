@@ -21,8 +21,9 @@ So every period-2 orbit lies on one of the two invariant lines:
 On each line the period-2 points are the real roots of the degree-9 polynomial g(g(x)) - x divided by the
 fixed-point factor g(x) - x = -eta x (x^2 - Phi) (resp. h(h(y)) - y by -eta y (y^2 + Phi)): a degree-6
 polynomial, solved with numpy.roots and polished by Newton steps. At v = 0 (resp. u = 0) the Jacobian in
-(u, v) is diagonal, so the two-step multipliers are g'(x0) g'(x1) along the line and (1 + eta r0)(1 + eta r1)
-across it; `period_two_orbits` reports the largest modulus of the eigenvalues of J(z1) J(z0).
+(u, v) is diagonal, so the two-step multipliers are g'(x0) g'(x1) along the line and, across it,
+(1 + eta r0)(1 + eta r1) on a = b, (1 - eta r0)(1 - eta r1) on a = -b; `period_two_orbits` reports the largest
+modulus of the eigenvalues of J(z1) J(z0).
 """
 
 from typing import NamedTuple
