@@ -26,8 +26,14 @@ TOL = 1e-7
 CHAOS = 0.01  # Lyapunov exponent above which a run with no period found counts as chaotic
 
 
+def fail(message: str):
+    print(f"bifurcation.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.error = fail  # one line, not argparse's usage block
     parser.add_argument("--phi", type=float, default=1.0)
     parser.add_argument("--eta", nargs=3, type=float, default=[0.8, 2.05, 2501], metavar=("MIN", "MAX", "NUM"))
     parser.add_argument("--init", action="append", metavar="A0,B0", help="start (repeatable)")
@@ -50,8 +56,7 @@ def parse(argv):
     except ValueError:
         problems.append(f"--init takes A0,B0 (two numbers), got {args.init}")
     if problems:
-        print(f"bifurcation.py: error: {'; '.join(problems)}", file=sys.stderr)
-        sys.exit(2)
+        fail("; ".join(problems))
     return args
 
 

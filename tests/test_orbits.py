@@ -120,8 +120,12 @@ def test_bifurcation_example(tmp_path):
     assert found["1.5,0.2"]["chaos"] == "none"
 
 
-def test_bifurcation_example_bad_input():
-    done = subprocess.run([sys.executable, str(REPO / "examples/bifurcation.py"), "--init", "1,x"],
+@pytest.mark.parametrize("args, word", [(["--init", "1,x"], "--init"), (["--phi", "x"], "--phi"),
+                                        (["--eta", "1", "0.5", "10"], "--eta"), (["--keep", "0"], "--keep")])
+def test_bifurcation_example_bad_input(tmp_path, args, word):
+    out = tmp_path / "x.png"
+    done = subprocess.run([sys.executable, str(REPO / "examples/bifurcation.py"), *args, "--out", str(out)],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and "--init" in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and word in done.stderr
+    assert not out.exists()
