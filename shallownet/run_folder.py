@@ -350,15 +350,19 @@ def replace_bytes(path: Path, content: bytes, partial: Path | None = None) -> No
         temporary.write_bytes(content)
 
 
-def mark_failed(error: OSError) -> None:
+def mark_failed(error: OSError) -> list[Path]:
     """After a write failed: status `failed` with the reason in the summary.json of every run folder this
-    process writes, where that can still be written."""
+    process writes, where that can still be written; the run folders where it could not (a full disk)."""
+    unmarked = []
     for run_dir in _locks:
-        with suppress(OSError, ValueError):
+        try:
             summary = read_summary(run_dir)
             summary.update(status="failed", reason=f"{error.filename}: {error.strerror} "
                            f"(errno {errno.errorcode.get(error.errno, error.errno)})")
             write_json(run_dir / SUMMARY, summary)
+        except (OSError, ValueError):
+            unmarked.append(run_dir)
+    return unmarked
 
 
 def replace_text(path: Path, text: str) -> None:

@@ -170,3 +170,28 @@ def test_a_read_only_file_system_is_refused_before_any_work(tmp_path):
         assert time.monotonic() - started < 30 and not any(mount.iterdir())
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+# --- item 5: a real full file system ---------------------------------------------------------------------
+
+def test_a_full_disk_ends_in_one_line_that_tells_the_truth_about_the_run_folder(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs privileges this machine does not give")
+    try:
+        result = shallownet("train", f"output.root={mount}", "train.max_steps=50", *QUIET)
+        assert result.returncode == 1, result.stderr[-3000:]
+        (line,) = result.stderr.strip().splitlines()
+        assert "Traceback" not in result.stderr and "(errno ENOSPC)" in line
+        run_dir = mount / "train" / "version_0"
+        assert not list(run_dir.glob("*.partial")) and not list(run_dir.glob("*.tmp"))
+        summary = json.loads((run_dir / "summary.json").read_text())  # whole: never half-written
+        if summary["status"] != "failed":  # no room left to say so: the line says that, and status tells
+            assert f"{run_dir / 'summary.json'} could not be updated" in line
+            assert "crashed" in ok(shallownet("status", str(mount))).stdout
+        else:
+            assert "says failed" in line and "ENOSPC" in summary["reason"]
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

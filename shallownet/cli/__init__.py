@@ -113,10 +113,12 @@ def _main(argv: list[str]) -> int:
     except OSError as err:  # a full disk, a file-size limit, ...: the run folder says `failed`, and why
         from shallownet.run_folder import mark_failed
 
-        mark_failed(err)
+        unmarked = mark_failed(err)
         code = errno.errorcode.get(err.errno, err.errno)
-        print(f"shallownet {name}: error: {err.filename or 'a file'}: {err.strerror or err} (errno {code}); the "
-              "run folder, where there is one, says failed", file=sys.stderr)
+        where = err.filename or "a file of the run (the system named none)"
+        state = "the run folder, where there is one, says failed" if not unmarked else \
+            f"{unmarked[0] / 'summary.json'} could not be updated either; shallownet status shows the run as crashed"
+        print(f"shallownet {name}: error: {where}: {err.strerror or err} (errno {code}); {state}", file=sys.stderr)
         return 1
 
 
