@@ -178,7 +178,7 @@ def _dotted_keys(node: Any, prefix: str) -> list[str]:
 
 class _StrictLoader(yaml.SafeLoader):
     """YAML with plain scalars only: no anchors or aliases (an alias bomb expands exponentially), no
-    duplicate keys (the last one would win silently), no dates or other tagged values."""
+    duplicate keys (the last one would win silently), no tagged values; an unquoted date stays its text."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None) is not None:

@@ -62,12 +62,25 @@ class Figure1Config:
                "flow_max_step": f"the max_step of the flow entry of {PROCESSES_HINT}"}
 
 
+MAGNITUDE = (1e-50, 1e50)  # |a0|, |b0|, phi: squares and their squares within float64's normal range
+
+
+def _representable(value: float, zero: bool) -> bool:
+    """Within MAGNITUDE (or 0 where allowed): the squares of the path and of theory's limits, a^2, Q^2 and
+    (a b - phi)^2, stay finite normal float64 numbers."""
+    return (zero and value == 0) or MAGNITUDE[0] <= abs(value) <= MAGNITUDE[1]
+
+
 def validate_figure1(cfg: DictConfig) -> None:
-    require(cfg.phi > 0, "phi", "> 0", cfg.phi)
+    require(cfg.phi > 0 and _representable(cfg.phi, zero=False), "phi",
+            f"> 0, from {MAGNITUDE[0]:g} to {MAGNITUDE[1]:g} (float64 squares of the path stay finite)", cfg.phi)
     require(len(cfg.inits) >= 1, "inits", "a non-empty list of [a0, b0] pairs", list(cfg.inits))
     for i, pair in enumerate(cfg.inits):
         require(len(pair) == 2 and (pair[0] + pair[1]) != 0, f"inits[{i}]",
                 "a pair [a0, b0] with a0 != -b0 (a0 = -b0 flows into the saddle at 0)", list(pair))
+        require(all(_representable(value, zero=True) for value in pair), f"inits[{i}]",
+                f"a pair of 0 or magnitudes from {MAGNITUDE[0]:g} to {MAGNITUDE[1]:g} (float64 squares of the path "
+                "stay finite and normal)", list(pair))
     for i, entry in enumerate(cfg.processes):
         validate_process(entry, f"processes[{i}]")
         if entry.method == "flow":

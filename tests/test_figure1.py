@@ -11,7 +11,7 @@ from shallownet import events, theory
 from shallownet.figure1 import process_path
 from shallownet.processes.descent import GradientDescentProcess, Momentum
 from shallownet.processes.flows import GradientFlow
-from shallownet.stop import CONVERGED, DIVERGED, StopRule
+from shallownet.stop import CONVERGED, DIVERGED, MAX_STEPS, StopRule
 
 RULE = StopRule(1e-10, 1e12, 500)
 
@@ -70,11 +70,20 @@ def test_figure1_reports_a_diverging_step_size(cli):
     ("processes=[{method: flow}]", "processes[0].max_step"), ("lrs=[0.1]", "lrs"), ("tol=1e-3", "tol"),
     ("flow_max_step=0.1", "flow_max_step"), ("inits=[[1.0,-1.0]]", "inits[0]"),
     ("inits=[[1.0]]", "inits[0]"), ("phi=0", "phi"), ("extent=0", "extent"),
+    ("inits=[[1e200,1]]", "inits[0]"), ("inits=[[1e-300,1e-300]]", "inits[0]"), ("phi=1e300", "phi"),
 ])
 def test_figure1_rejects_bad_input(cli, override, key):
     code, out, err, dirs = cli("figure1", override)
     assert code == 2 and err.count("\n") == 1 and f"'{key}'" in err
     assert dirs == []
+
+
+def test_figure1_runs_at_the_edges_of_the_magnitudes_it_takes(cli):
+    """1e50 and 1e-50 are allowed: the run ends in an outcome (the large init diverges under GD), not a crash."""
+    code, out, err, dirs = cli("figure1", "inits=[[1e50,1],[1e-50,1e-50]]", "phi=1e-50")
+    assert code == 0, err
+    outcomes = [p["outcome"] for p in json.loads((dirs[0] / "summary.json").read_text())["paths"]]
+    assert len(outcomes) == 8 and all(o in (CONVERGED, DIVERGED, MAX_STEPS) for o in outcomes)
 
 
 def test_momentum_path_ends_on_the_minima_with_a_smaller_imbalance():
