@@ -195,3 +195,9 @@ def test_a_full_disk_ends_in_one_line_that_tells_the_truth_about_the_run_folder(
             assert "says failed" in line and "ENOSPC" in summary["reason"]
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_an_output_root_with_a_name_too_long_for_the_file_system_is_refused(tmp_path):
+    line = refused(shallownet("train", f"output.root={tmp_path / ('x' * 300) / 'runs'}", *QUIET))
+    assert "output.root" in line and "300 bytes long" in line
+    assert list(tmp_path.iterdir()) == []
