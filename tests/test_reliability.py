@@ -280,6 +280,20 @@ def _file_size_limit(limit: int):
     return apply
 
 
+def test_a_checkpoint_that_cannot_be_written_is_named_and_the_run_ends_failed(tmp_path):
+    """The digits MLP's checkpoint (about 450 kB) passes a 100 kB file-size limit that its logs fit in."""
+    result = subprocess.run([EXE, "train", "model.kind=mlp", "train.max_steps=2", "monitor.sharpness.every_n_steps=0",
+                             f"output.root={tmp_path}", "output.progress=false"],
+                            capture_output=True, text=True, env=ENV, timeout=300, preexec_fn=_file_size_limit(100_000))
+    assert result.returncode == 1, result.stderr[-3000:]
+    run = tmp_path / "train" / "version_0"
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{run / 'last.ckpt'}: File too large (errno EFBIG)" in line, line
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "last.ckpt" in summary["reason"] and "EFBIG" in summary["reason"]
+    assert not (run / "last.ckpt").exists() and not list(run.glob("*.partial"))
+
+
 def test_a_file_that_cannot_be_written_ends_the_run_failed_in_one_line(tmp_path):
     """A file-size limit (works without root, unlike mounting a small tmpfs) stands in for a full disk: the
     config and summary fit, grid.npz does not."""

@@ -13,6 +13,7 @@ from shallownet.callbacks.dynamics import DynamicsMonitor
 from shallownet.callbacks.periodic import PeriodicMonitor
 from shallownet.callbacks.sharpness import SHARPNESS
 from shallownet.callbacks.tensorboard import find_writer, log_step
+from shallownet.run_folder import WriteError
 from shallownet.stop import CONVERGED, DIVERGED
 
 # hparams session status per outcome: TensorBoard's hparams tab shows and filters on it
@@ -116,7 +117,11 @@ def save_checkpoint(trainer: L.Trainer, path: Path) -> None:
     for logger in trainer.loggers:
         logger.save()
     partial = path.with_name(path.name + ".partial")
-    trainer.save_checkpoint(partial)
+    try:
+        trainer.save_checkpoint(partial)
+    except OSError as err:  # torch's writer names no file (a full disk, a file-size limit): name the checkpoint
+        partial.unlink(missing_ok=True)
+        raise WriteError(err.errno, err.strerror or str(err), str(path)) from None
     if trainer.is_global_zero:
         os.replace(partial, path)
 
