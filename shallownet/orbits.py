@@ -99,14 +99,17 @@ def orbit_periods(z: np.ndarray, tol: float, max_period: int = 64) -> np.ndarray
     Returns an int array [*shape]; 0 where no period was found (chaos, not settled yet, or diverged).
     """
     keep = z.shape[0]
-    size = np.linalg.norm(z, axis=-1)
-    period = np.zeros(z.shape[1:-1], dtype=int)
-    for p in range(1, min(max_period, keep // 2) + 1):
-        gap = np.linalg.norm(z[p:] - z[:-p], axis=-1)
-        with np.errstate(invalid="ignore"):
-            ok = np.all(gap <= tol * (1 + size[:-p]), axis=0)
-        period[(period == 0) & ok] = p
-    return period
+    flat = z.reshape(keep, -1, z.shape[-1])
+    size = np.linalg.norm(flat, axis=-1)
+    period = np.zeros(flat.shape[1], dtype=int)
+    with np.errstate(invalid="ignore"):
+        for p in range(1, min(max_period, keep // 2) + 1):
+            # the last comparison first: it rules out most runs, and only the rest get the whole tail checked
+            last = np.linalg.norm(flat[-1] - flat[-1 - p], axis=-1) <= tol * (1 + size[-1 - p])
+            runs = np.flatnonzero((period == 0) & last)
+            gap = np.linalg.norm(flat[p:, runs] - flat[:-p, runs], axis=-1)
+            period[runs[np.all(gap <= tol * (1 + size[:-p, runs]), axis=0)]] = p
+    return period.reshape(z.shape[1:-1])
 
 
 def orbit_period(z: np.ndarray, tol: float, max_period: int = 64) -> int | None:

@@ -25,7 +25,8 @@ DEFAULT_MOMENTUM = 0.9
 SWEEP_INIT_SCHEMES = ("imbalanced", "gaussian")
 MAX_CHAIN_DEPTH = 64  # the chain kernel keeps a run's weights in registers
 TORCH_CPU_CHUNK = 65536  # the torch backends on a CPU advance ~1e7 config-steps/s: progress every few s
-RESULT_BYTES_PER_RUN = 160  # the grid of results held in memory (and gathered on rank 0): ~16 float64s
+MAX_ORBIT_STEPS = 100_000  # a period or exponent needs a few hundred steps; more is a typo, not a study
+RESULT_BYTES_PER_RUN = 176  # the grid of results held in memory (and gathered on rank 0): ~18 float64s
 
 
 @dataclass
@@ -72,6 +73,15 @@ class SweepTrainConfig:
 
 
 @dataclass
+class OrbitConfig:
+    """What GD does after the budget, for each run left at it (shallownet/sweep/orbit_fields.py; momentum sweeps:
+    not analysed)."""
+
+    steps: int = 256  # GD steps taken after the budget: the orbit's period and Lyapunov exponent; 0: off
+    tol: float = 1.0e-7  # |z_{t+p} - z_t| <= tol (1 + |z_t|) over those steps gives period p
+
+
+@dataclass
 class EngineConfig:
     backend: str = "numba"  # numba | torch | batched | cuda (depth 2, GD); chains: numba | torch | cuda; momentum:
     # numba | torch
@@ -95,6 +105,7 @@ class SweepConfig:  # configs/sweep.yaml shows these defaults
     init: SweepInitConfig = field(default_factory=SweepInitConfig)
     optim: SweepOptimConfig = field(default_factory=SweepOptimConfig)
     train: SweepTrainConfig = field(default_factory=SweepTrainConfig)
+    orbit: OrbitConfig = field(default_factory=OrbitConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     output: SweepOutputConfig = field(default_factory=SweepOutputConfig)
 
@@ -123,6 +134,9 @@ def validate(cfg: DictConfig) -> None:
     require(t.max_steps >= 1, "train.max_steps", "an integer >= 1", t.max_steps)
     require(t.tol > 0, "train.tol", "> 0", t.tol)
     require(t.divergence_norm > 0, "train.divergence_norm", "> 0", t.divergence_norm)
+    require(0 <= cfg.orbit.steps <= MAX_ORBIT_STEPS, "orbit.steps", f"an integer in [0, {MAX_ORBIT_STEPS}]",
+            cfg.orbit.steps)
+    require(cfg.orbit.tol > 0, "orbit.tol", "> 0", cfg.orbit.tol)
     o = cfg.optim
     require(o.method in SWEEP_METHODS, "optim.method", f"one of {', '.join(SWEEP_METHODS)} (the processes the sweep "
             "engine runs exactly; other processes: shallownet compare)", o.method)

@@ -20,9 +20,11 @@ from shallownet.sweep import distributed
 from shallownet.sweep.chain import ChainGrid, chain_records, chain_summary, save_chain_npz, simulate_chain
 from shallownet.sweep.chain_figures import chain_figures
 from shallownet.sweep.engine import OUTCOMES, Runs, simulate
-from shallownet.sweep.figures import figure3, sharpness_panel
+from shallownet.sweep.figures import MAP_YLABEL, figure3, sharpness_panel
 from shallownet.sweep.grid import Grid, build_grid, chunk_size
 from shallownet.sweep.momentum import simulate_momentum
+from shallownet.sweep.orbit_fields import orbit_summary, sweep_orbit_records
+from shallownet.sweep.orbit_figure import orbit_map
 from shallownet.sweep.results import records, save_npz, summarise, swept_process
 
 
@@ -116,18 +118,29 @@ def write_interrupted(run_dir: Path, grid: Grid, runs: Runs, finished: np.ndarra
 
 def write_outputs(run_dir: Path, cfg: DictConfig, grid: Grid, runs: Runs, timing: dict) -> dict:
     """grid.npz and the figures (PNG and TensorBoard); returns the summary for summary.json."""
-    if isinstance(grid, ChainGrid):
-        recs = chain_records(grid, runs)
+    chain = isinstance(grid, ChainGrid)
+    recs = chain_records(grid, runs) if chain else records(grid, runs)
+    # GD only: momentum's four-number map is not analysed
+    orbits = cfg.orbit.steps > 0 and getattr(grid, "beta", 0.0) == 0
+    if orbits:
+        recs.update(sweep_orbit_records(grid, runs, recs["outcome"], cfg.orbit.steps, cfg.orbit.tol))
+    if chain:
         save_chain_npz(run_dir / "grid.npz", recs)
         figures = chain_figures(recs, grid.rule.max_steps, grid.rule.tol)
         described = chain_summary(grid, recs)
+        title = f"GD on the depth-{grid.depth} scalar chain, Φ = {grid.phi:g}: orbits after the budget"
     else:
-        recs = records(grid, runs)
         save_npz(run_dir / "grid.npz", recs)
         process = swept_process(grid)
         figures = {"figure3": figure3(recs, grid.phi, grid.rule.max_steps, grid.rule.tol, process),
                    "sharpness": sharpness_panel(recs, grid.phi, process)}
         described = summarise(grid, recs)
+        title = f"GD on the shallow linear net (width {grid.a0.shape[1]}), Φ = {grid.phi:g}: orbits after the budget"
+    if orbits:
+        least = float(recs["least_sharpness"]) if chain else 2.0 * grid.phi
+        figures["orbits"] = orbit_map(recs, least, grid.rule.max_steps, cfg.orbit.steps, title,
+                                      "initial scale s" if chain else MAP_YLABEL)
+        described["orbits"] = orbit_summary(recs, cfg.orbit.steps)
     writer = None
     if cfg.output.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
