@@ -11,7 +11,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-export SHALLOWNET_PLUGINS="extensions.deep_kinds,extensions.real_kinds,extensions.arch_kinds"  # not pip-installed
+export SHALLOWNET_PLUGINS="extensions.deep_kinds,extensions.real_kinds,extensions.arch_kinds,extensions.sgd_kinds"  # not pip-installed
 status=0
 step() { echo; echo "=== $*"; "$@" || status=1; }
 
@@ -26,4 +26,6 @@ step python3 benchmarks/eos_gpu.py
 # chain sweeps: the fused numba.cuda kernels (shallownet/sweep/cuda_kernels.py) against the CPU kernels
 step python3 -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests/test_chain_sweep.py
 step python3 benchmarks/bench_chain_sweep.py --skip-grid
+# phase maps of real nets: the vectorised engine against loops of single runs, and the largest R tried
+step python3 benchmarks/bench_phase_map.py --device cuda --runs 16 64 256 1024 4096
 exit $status

@@ -10,6 +10,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm
 from matplotlib.patches import Patch
 
 from shallownet.plots import new_figure
+from shallownet.sweep.figures import readable_log_ticks
 from shallownet.sweep.regions import REGIONS
 
 REGION_COLOURS = {"lazy": "#4daf4a", "catapult": "#ff7f00", "edge_of_stability": "#377eb8", "diverged": "black"}
@@ -35,6 +36,7 @@ def _axes(ax, recs):
     if recs["scale"].size > 1 and np.allclose(np.diff(np.log(recs["scale"])), np.log(recs["scale"][1] /
                                                                                         recs["scale"][0])):
         ax.set_yscale("log")
+        readable_log_ticks(ax.yaxis, float(recs["scale"].min()), float(recs["scale"].max()))  # 0.5, not 5x10^-1
     for line in CATAPULT_WINDOW:
         ax.axvline(line, color="white", lw=3.0)
         ax.axvline(line, color="red", lw=1.4, ls="--")
