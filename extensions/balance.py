@@ -48,7 +48,7 @@ import torch
 from torch import fx, nn
 
 from shallownet.callbacks.periodic import PeriodicMonitor
-from shallownet.callbacks.tensorboard import find_writer, log_step
+from shallownet.callbacks.tensorboard import find_writer, log_histogram, log_step
 from shallownet.processes.base import FLOW_IDENTITIES, GD_IDENTITIES, process_of
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -377,8 +377,8 @@ class BalanceMonitor(PeriodicMonitor):
         if writer is not None:
             x = log_step(trainer, pl_module)
             for name, c in balance.items():
-                if c.numel() and bool(torch.isfinite(c).all()):
-                    writer.add_histogram(PER_UNIT.format(name), c.detach().cpu().double(), x)
+                if c.numel():
+                    log_histogram(writer, PER_UNIT.format(name), c.detach().cpu().double().numpy(), x)
         return values
 
     def extra_state(self) -> dict:

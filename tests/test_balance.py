@@ -4,15 +4,18 @@ flow, where it does not hold, the unit structure (and what is refused), and Bala
 from __future__ import annotations
 
 import copy
+import math
 from collections import OrderedDict
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.tensorboard import SummaryWriter
 
 from extensions.balance import (
     BalanceMonitor,
@@ -26,6 +29,7 @@ from extensions.balance import (
 )
 from extensions.real_models import build_cnn_net, build_mlp_net, build_vgg_net
 from shallownet.callbacks.periodic import OFF_CADENCE
+from shallownet.callbacks.tensorboard import log_histogram
 from shallownet.flow import DormandPrince
 from shallownet.losses import half_sum_mse
 from shallownet.optim import GradientDescent
@@ -404,3 +408,29 @@ def test_balance_monitor_under_gradient_flow():
         assert 0 <= float(metrics[f"balance/pred_error_{layer}"]) <= 1e-12
         assert float(metrics[f"balance/mean_abs_{layer}"]) == pytest.approx(float(start[layer].abs().mean()),
                                                                             rel=1e-10)
+
+
+def test_balance_monitor_survives_values_too_large_to_bin(tmp_path):
+    """A diverging run reaches finite C_j ~ 1e308, then nan: TensorBoard's own bins fail there ('The histogram
+    is empty'), so the run would crash; the monitor logs the scalars and draws what numpy can bin."""
+    module = TinyClassifier()
+    with torch.no_grad():  # C_j = |w_in|^2 - |w_out|^2 from 1.5e306 to 7.4e307
+        module.model.fc1.weight.copy_(5e152 * torch.arange(1.0, 8.0, dtype=torch.float64)[:, None].expand(7, 6))
+    logger = TensorBoardLogger(tmp_path, name="run")
+    fit(module, BalanceMonitor(every_n_steps=1), max_steps=2, logger=logger)
+    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("balance/mean_abs_fc1")] == [0, 1, 2]
+    assert not math.isfinite(events.Scalars("balance/mean_abs_fc1")[2].value)  # it did diverge
+    drawn = events.Histograms("balance/per_unit_fc1")
+    assert [h.step for h in drawn] == [0] and drawn[0].histogram_value.max > 1e307  # nan cannot be binned
+
+
+def test_a_histogram_that_cannot_be_binned_is_skipped(tmp_path):
+    writer = SummaryWriter(tmp_path)
+    for step, values in enumerate([[1e308, -1e308], [np.nan, 1.0], [np.inf, 1.0], [1e307, 1e308], [1.0, 2.0]]):
+        log_histogram(writer, "h", np.array(values), step)
+    writer.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    events.Reload()
+    assert [h.step for h in events.Histograms("h")] == [3, 4]

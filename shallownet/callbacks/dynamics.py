@@ -6,7 +6,7 @@ import lightning as L
 import torch
 
 from shallownet.callbacks.periodic import PeriodicMonitor
-from shallownet.callbacks.tensorboard import find_writer, log_step
+from shallownet.callbacks.tensorboard import find_writer, log_histogram, log_step
 from shallownet.processes.base import process_of
 
 PROCESS_STEP = "process/step"
@@ -54,7 +54,7 @@ class DynamicsMonitor(PeriodicMonitor):
         if writer is not None:
             x = log_step(trainer, pl_module)
             for name, vector in vectors.items():
-                _log_histogram(writer, f"dynamics/{name}", vector.cpu().double().numpy(), x)
+                log_histogram(writer, f"dynamics/{name}", vector.cpu().double().numpy(), x)
         return values
 
     def quantities(self, pl_module: L.LightningModule) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
@@ -75,11 +75,3 @@ class DynamicsMonitor(PeriodicMonitor):
 
     def load_extra_state(self, state: dict) -> None:
         self.references = state["references"]
-
-
-def _log_histogram(writer, tag: str, values, step: int) -> None:
-    # at most 30 bins: TensorBoard's default ~1500 buckets would make every event ~10 kB
-    try:
-        writer.add_histogram(tag, values, step, bins=min(values.size, 30))
-    except ValueError:  # inf/nan or a range too wide for numpy to bin (a diverging run): skip it
-        pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 
 
@@ -26,3 +27,13 @@ def log_step(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
     """
     aligned = getattr(pl_module, "aligned_step", None)
     return int(aligned()) if callable(aligned) else int(trainer.global_step)
+
+
+def log_histogram(writer, tag: str, values, step: int) -> None:
+    """A histogram event, skipped where the values cannot be binned (a diverging run is an outcome, not a crash)."""
+    # at most 30 bins: TensorBoard's default ~1500 buckets would make every event ~10 kB
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # a sum of squares may overflow to inf: still drawable
+            writer.add_histogram(tag, values, step, bins=min(len(values), 30))
+    except ValueError:  # inf/nan, or values so large that numpy's bin edges overflow (torch: "histogram is empty")
+        pass
