@@ -117,3 +117,13 @@ def test_class_labels_work_under_the_vmapped_estimator():
     got = batch.estimate(model, half_sum_mse, x, labels, batches)
     want = batch.estimate(model, half_sum_mse, x, nn.functional.one_hot(labels, 3).double(), batches)
     assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_lanczos_gives_the_dense_batch_lambda_max(monkeypatch):
+    """Above MAX_DENSE_BATCH_DIM parameters each batch's top eigenvalue comes from Lanczos: the same value."""
+    model, x, y = tiny_problem(n=10)
+    batches = batch.random_batches(10, 3, 6, torch.Generator().manual_seed(0))
+    dense = batch.per_batch(model, half_mse, x, y, batches)["lambda_max"]
+    monkeypatch.setattr(batch, "MAX_DENSE_BATCH_DIM", 0)
+    lanczos = batch.per_batch(model, half_mse, x, y, batches)["lambda_max"]
+    assert lanczos.tolist() == pytest.approx(dense.tolist(), rel=1e-9)
