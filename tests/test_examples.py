@@ -108,3 +108,19 @@ def test_plugin_model(tmp_path):
                              capture_output=True, text=True, cwd=REPO, env={**os.environ, **PLUGIN_ENV}, timeout=120)
     assert refused.returncode == 2 and "config key 'model.scale' must be > 0" in refused.stderr
     assert "| torch\n" not in refused.stderr  # refused by the light registration module, before torch
+
+
+def test_sgd_study(tmp_path):
+    out = run(EXAMPLES / "sgd_study.py", tmp_path, "--steps", 40, "--every", 20, "--n-train", 200, "--n-batches", 5)
+    study = json.loads((tmp_path / "study.json").read_text())
+    assert (tmp_path / "sgd_batch_sharpness_digits.png").stat().st_size > 10_000
+    (gd,) = [r for r in study["edge"] if r["batch"] is None]
+    # full batch: the one "batch" is all rows, so batch sharpness, the step's and the GNI are g^T H g / |g|^2
+    assert gd["batch_sharpness"] == pytest.approx(gd["step_sharpness"], rel=1e-10)
+    assert gd["batch_sharpness"] == pytest.approx(gd["gni"], rel=1e-10)
+    assert max(gd["batch_sharpness_stderr"]) < 1e-12 * max(gd["batch_sharpness"])  # two orders of the same rows
+    assert [r["measured_steps"] for r in study["edge"][:5]] == [[0, 20, 40]] * 5
+    # each step of SGD or GD multiplies a_j^2 - b_j^2 by 1 - eta^2 s_j^2, s_j = dL_B/dw_j: in (0, 1] for small eta
+    for row in study["balance"]["diagonal_linear"]:
+        assert all(0 < r <= 1 for r in row["per_coordinate_ratio"]), row
+    assert f"{'SGD b = 8':36s}  0.50   4.00     40" in out
