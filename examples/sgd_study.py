@@ -9,9 +9,10 @@ batch sizes 8, 32, 128 and by full-batch GD at eta = 0.5; SGD at batch 32 with e
 with a small eta = 0.05 until the loss is <= 0.1. monitor.batch_sharpness and monitor.sharpness every --every
 steps. The figure draws curvature/batch_sharpness (with +-2 standard errors) and the full-batch lambda_max
 (curvature/sharpness) against 2/eta, one panel per run.
-Part 2 (balance): the same runs' question on a ReLU MLP 64-32-10 (monitor.balance: mean |C_j| per layer over its
-initial value) and on model.kind=diagonal_linear with data.kind=linear_regression (per coordinate a_j^2 - b_j^2
-over its initial value, and imbalance_norm), SGD at several batch sizes against GD, same eta, init and steps.
+Part 2 (balance): SGD at several batch sizes against GD, same eta, init and number of steps, on a ReLU MLP
+64-32-10 at eta = 0.3 and 0.5 (monitor.balance: mean |C_j| of the hidden layer over its initial value) and on
+model.kind=diagonal_linear with data.kind=linear_regression at eta = 0.2 (each a_j^2 - b_j^2 over its initial
+value, and imbalance_norm's); final lambda_max of each.
 
 Writes OUT/study.json (every number the guide quotes, per run, with the run's arguments) and the figure; the
 runs themselves go under OUT/runs. With the defaults it takes about 15 minutes on one core.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -67,6 +69,10 @@ def last(values: dict[int, float]) -> float:
     return values[max(values)]
 
 
+def status(folder: Path) -> str:
+    return json.loads((folder / "summary.json").read_text())["status"]
+
+
 def edge_runs(opts) -> list[dict]:
     """Part 1: label, eta, batch size (None: full batch) and extra arguments of each run."""
     return [{"label": f"SGD b = {b}", "lr": 0.5, "batch": b, "extra": []} for b in (8, 32, 128)] + [
@@ -85,7 +91,6 @@ def edge(opts, root: Path) -> list[dict]:
         # full batch: every "fresh batch" is all rows, so two give the value (and a standard error of 0)
         n_batches = 2 if run["batch"] is None else opts.n_batches
         args = [*mlp, *process(run["lr"], run["batch"]), f"monitor.batch_sharpness.n_batches={n_batches}",
-                *(["monitor.batch_sharpness.every_n_steps=" + str(4 * opts.every)] if run["lr"] < 0.1 else []),
                 *run["extra"]]
         tags = series(train(root, f"edge_{i}", args))
         steps = sorted(tags["curvature/batch_sharpness"])
@@ -115,10 +120,12 @@ def balance(opts, root: Path) -> dict:
             f"data.n_train={opts.n_train}", "loss=half_sum_mse", f"train.max_steps={opts.steps}",
             f"monitor.sharpness.every_n_steps={opts.steps}", f"monitor.balance.every_n_steps={opts.every}"]
     out = {"relu_mlp": [], "diagonal_linear": []}
-    for b in (8, 32, 128, None):
-        args = [*relu, *process(0.5, b)]
-        tags = series(train(root, "balance_relu", args))
-        out["relu_mlp"].append({"batch": b, "args": args, "final_loss": last(tags["dynamics/loss"]),
+    for lr, b in itertools.product((0.3, 0.5), (8, 32, 128, None)):
+        args = [*relu, *process(lr, b)]
+        folder = train(root, "balance_relu", args)
+        tags = series(folder)
+        out["relu_mlp"].append({"lr": lr, "batch": b, "args": args, "status": status(folder),
+                                "steps": max(tags["dynamics/loss"]), "final_loss": last(tags["dynamics/loss"]),
                                 "final_sharpness": last(tags["curvature/sharpness"]),
                                 "initial_sharpness": tags["curvature/sharpness"][0],
                                 "ratio_fc1": last(tags["balance/mean_abs_ratio_fc1"]),  # the one hidden layer
@@ -133,7 +140,8 @@ def balance(opts, root: Path) -> dict:
         tags = series(folder)
         state = torch.load(folder / "last.ckpt", weights_only=False)["state_dict"]
         final = state["model.a"].square() - state["model.b"].square()
-        out["diagonal_linear"].append({"batch": b, "args": args, "final_loss": last(tags["dynamics/loss"]),
+        out["diagonal_linear"].append({"batch": b, "args": args, "status": status(folder),
+                                       "final_loss": last(tags["dynamics/loss"]),
                                        "final_sharpness": last(tags["curvature/sharpness"]),
                                        "initial_sharpness": tags["curvature/sharpness"][0],
                                        "imbalance_norm_ratio": last(tags["dynamics/imbalance_norm"])
@@ -143,7 +151,11 @@ def balance(opts, root: Path) -> dict:
 
 
 def figure(results: list[dict], path: Path, n_train: int) -> None:
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=False, constrained_layout=True)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    top: dict[float, float] = {}  # one y-range per step size, so that the panels at one eta compare
+    for run in results:
+        top[run["lr"]] = max(top.get(run["lr"], 0), 1.25 * max(run["threshold"], *run["batch_sharpness"],
+                                                                 *run["sharpness"]))
     for ax, run in zip(axes.flat, results, strict=True):
         steps, value = run["measured_steps"], run["batch_sharpness"]
         band = [2 * e for e in run["batch_sharpness_stderr"]]
@@ -155,7 +167,7 @@ def figure(results: list[dict], path: Path, n_train: int) -> None:
         ax.set_title(f"{run['label'].split(',')[0]}, η = {run['lr']:g}" + (", to loss 0.1" if run["lr"] < 0.1
                                                                             else ""), fontsize=10)
         ax.set_xlabel("step")
-        ax.set_ylim(0, 1.25 * max(run["threshold"], max(value), max(run["sharpness"])))
+        ax.set_ylim(0, top[run["lr"]])
     axes.flat[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"Digits MLP 64-32-10 tanh, {n_train} images, ½Σ MSE, float64, one init: SGD at batch 8 / 32 / 128 "
                  "and GD at η = 0.5, SGD b = 32 at η = 0.3 and 0.05", fontsize=11)
@@ -184,9 +196,13 @@ def main() -> None:
     for run in results:
         print(f"{run['label']:36s} {run['lr']:5.2f} {run['threshold']:6.2f} {run['steps']:6d} {run['final_loss']:8.4f} "
               f"{run['late_batch_sharpness_over_threshold']:21.3f} {run['late_lambda_max_over_threshold']:13.3f}")
-    print(f"{'ReLU MLP, eta 0.5':20s} {'loss':>8s} {'lmax 0 -> T':>16s} {'mean|C| T/0':>12s}")
+    print(f"{'ReLU MLP':20s} {'loss':>8s} {'lmax 0 -> T':>16s} {'mean|C| T/0':>12s}")
     for row in study["balance"]["relu_mlp"]:
-        print(f"{'b = ' + str(row['batch'] or 'full'):20s} {row['final_loss']:8.4f} "
+        name = f"eta {row['lr']} b = {row['batch'] or 'full'}"
+        if row["status"] == "diverged":
+            print(f"{name:20s} diverged at step {row['steps']}")
+            continue
+        print(f"{name:20s} {row['final_loss']:8.4f} "
               f"{row['initial_sharpness']:7.3f} -> {row['final_sharpness']:6.3f} {row['ratio_fc1']:12.4f}")
     print(f"{'diagonal, eta 0.2':20s} {'loss':>8s} {'lmax 0 -> T':>16s} {'|D| T/0':>9s}  per coordinate D_j(T)/D_j(0)")
     for row in study["balance"]["diagonal_linear"]:
