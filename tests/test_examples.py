@@ -124,3 +124,28 @@ def test_sgd_study(tmp_path):
     for row in study["balance"]["diagonal_linear"]:
         assert all(0 < r <= 1 for r in row["per_coordinate_ratio"]), row
     assert f"{'SGD b = 8':36s}  0.50   4.00     40" in out
+
+
+@pytest.mark.slow
+def test_architectures_eos(tmp_path):
+    """The ResNet / Transformer study at 20 steps (about 80 s): its figures, the balance identity exactly where
+    the docs say it applies, and the spectrum taken at the state the monitor measured."""
+    out = run(EXAMPLES / "architectures_eos.py", "--root", tmp_path / "runs", "--figures", tmp_path, "--steps", 20,
+              "--vectors", 2, "--lanczos", 10)
+    for name in ("arch_eos_resnet_transformer.png", "arch_spectrum.png", "arch_balance_resnet.png"):
+        assert (tmp_path / name).stat().st_size > 10_000, name
+    balance = [line.split() for line in out.splitlines() if line.startswith("balance gd_lr=")]
+    assert len(balance) == 4 * 6  # 4 step sizes x the 6 hidden layers of a 2-stage, 1-block ResNet
+    for line in balance:
+        layer, applies = line[2].rstrip(":"), line[4].rstrip(",")
+        # theory.md 8.4: a block's first conv feeds a conv through ReLU; every other layer feeds a skip sum
+        assert applies == ("1" if layer.endswith(".conv1") else "0"), line
+        if applies == "1":
+            assert float(line[-1]) < 1e-13, line
+    spectra = [line for line in out.splitlines() if " spectrum at " in line]
+    assert len(spectra) == 4  # start and edge of each net
+    for line in spectra:
+        high = float(line.split("Ritz values in [")[1].split("]")[0].split(", ")[1])
+        monitor = float(line.split("monitor's S at step ")[1].split(" = ")[1].split(",")[0])
+        assert high == pytest.approx(monitor, rel=1e-2), line  # the top Ritz value is the sharpness, same state
+    assert "spectrum at step 20:" in out and "monitor's S at step 20 =" in out
