@@ -28,4 +28,6 @@ step python3 -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests/test_c
 step python3 benchmarks/bench_chain_sweep.py --skip-grid
 # phase maps of real nets: the vectorised engine against loops of single runs, and the largest R tried
 step python3 benchmarks/bench_phase_map.py --device cuda --runs 16 64 256 1024 4096
+# the ResNet / Transformer edge-of-stability study on CUDA, shortened (its probe and spectra run on the CPU copy)
+step python3 examples/architectures_eos.py --device cuda --steps 300 --root /tmp/gpu_runs --figures /tmp/gpu_figures
 exit $status
