@@ -3,7 +3,8 @@ limits from summary.json as horizontal lines.
 
 Panels, for the quantities some sub-run logged: |residual| (the loss where there is no residual) with the
 tolerance; the norm lam = |a|^2 + |b|^2 with lam_GF and each GD run's predicted limit sqrt(4 Phi^2 + P^2 Qn0^2);
-the imbalance ratio Q/Q(0) with 1 (gradient flow keeps Q); the governing sharpness with each process's
+the imbalance ratio Q/Q(0) with 1 (gradient flow keeps Q); each flow's distance to the GD run it models
+(compare/distance_to_gd); the governing sharpness with each process's
 stability threshold, lam_GF (the sharpness where gradient flow ends) and 2 Phi (the flattest minimum).
 """
 
@@ -18,7 +19,8 @@ import numpy as np
 # (tag, y label, log scale); the first present of the first group is drawn, then each present one after
 LOSS_PANELS = (("dynamics/residual", "|residual ε| = |ab − Φ|", True), ("dynamics/loss", "train loss", True))
 PANELS = (("dynamics/norm", "norm λ = |a|² + |b|²", False),
-          ("dynamics/imbalance_ratio", "imbalance ratio Q(t) / Q(0)", False))
+          ("dynamics/imbalance_ratio", "imbalance ratio Q(t) / Q(0)", False),
+          ("compare/distance_to_gd", "distance to the GD run at the same η, |θ(t) − θ_GD(t)|", False))
 SHARPNESS = (("curvature/preconditioned_sharpness", "governing sharpness (preconditioned)", True),
              ("curvature/sharpness", "sharpness (largest Hessian eigenvalue)", True))
 

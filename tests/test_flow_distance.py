@@ -40,3 +40,11 @@ def test_distance_to_gd_is_measured_on_gds_clock_and_matches_the_saved_parameter
     # GD - GF is O(eta) t, GD - modified flow O(eta^2) t: at eta = 0.05 the ratio is about 0.1
     assert modified < 0.2 * flow, (modified, flow)
     assert "|d GD|(T)" in out
+    # compare.png draws the distance as a panel of its own, each flow's curve ending where the table says
+    from shallownet.compare_figure import compare_figure
+
+    fig = compare_figure(run_dir, json.loads((run_dir / "summary.json").read_text()))
+    (panel,) = [ax for ax in fig.axes if ax.get_ylabel().startswith("distance to the GD run")]
+    ends = {line.get_label(): line.get_ydata()[-1] for line in panel.lines}
+    flows = ("flow", f"modified_flow_lr={ETA:g}")
+    assert ends == pytest.approx({name: rows[name]["distance_to_gd_end"] for name in flows}, rel=1e-9)
