@@ -22,7 +22,6 @@ the largest ratio), the balance table and the spectra's extreme Ritz values; dra
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import subprocess
@@ -61,18 +60,12 @@ def eos_run(name: str, overrides: list[str], steps: int, root: Path, device: str
 
 
 def metrics(sub_run: Path, steps_per_x: float) -> dict[str, tuple[list[int], list[float]]]:
-    """{tag: (GD steps, values)} from a sub-run's metrics.csv (each row holds the tags logged together). Its
-    x column is the shared time axis t / train.time_unit; steps_per_x = time_unit / eta turns it into steps."""
-    with (sub_run / "metrics.csv").open(newline="") as file:
-        rows = list(csv.DictReader(file))
-    found: dict[str, tuple[list[int], list[float]]] = {}
-    for row in rows:
-        for tag, value in row.items():
-            if tag != "step" and value:
-                steps, values = found.setdefault(tag, ([], []))
-                steps.append(round(int(row["step"]) * steps_per_x))
-                values.append(float(value))
-    return found
+    """{tag: (GD steps, values)} of a sub-run. Its metrics.csv's x column is the shared time axis
+    t / train.time_unit; steps_per_x = time_unit / eta turns it into the process's own steps."""
+    from shallownet.events import read_metrics
+
+    return {tag: ([round(int(x) * steps_per_x) for x in xs], values.tolist())
+            for tag, (xs, values) in read_metrics(sub_run).items()}
 
 
 def report_eos(name: str, run_dir: Path) -> list[dict]:
@@ -118,7 +111,8 @@ def report_balance(rows: list[dict]) -> None:
 
 
 def spectra(run_dir: Path, label: str, vectors: int, lanczos: int):
-    """(probe result, {state: DensityEstimate}) of one sub-run: the seeded initialisation and last.ckpt."""
+    """(probe result, {GD step: DensityEstimate}) of one sub-run: its seeded initialisation (step 0) and its
+    last.ckpt."""
     import torch
 
     from shallownet import training
@@ -133,15 +127,19 @@ def spectra(run_dir: Path, label: str, vectors: int, lanczos: int):
     module = training.build(run_config(cfg, entry)).module
     data = module.curvature_data()
     probe = probe_hvp(module.model, module.loss_fn, data)
-    found = {}
-    for state in ("start", "edge"):
-        if state == "edge":
-            checkpoint = torch.load(run_dir / label / training.CHECKPOINT, map_location="cpu", weights_only=False)
-            module.load_state_dict(checkpoint["state_dict"])
-            state = f"step {checkpoint['global_step']}"
-        found[state] = density(HessianOperator(module.model, module.loss_fn, data, method=probe.method),
-                               vectors, lanczos)
+
+    def spectrum():
+        return density(HessianOperator(module.model, module.loss_fn, data, method=probe.method), vectors, lanczos)
+
+    found = {0: spectrum()}
+    checkpoint = torch.load(run_dir / label / training.CHECKPOINT, map_location="cpu", weights_only=False)
+    module.load_state_dict(checkpoint["state_dict"])
+    found[checkpoint["global_step"]] = spectrum()
     return probe, found
+
+
+def state_name(step: int) -> str:
+    return "start" if step == 0 else f"step {step}"
 
 
 def eos_figure(results: dict, path: Path) -> None:
@@ -175,10 +173,10 @@ def spectrum_figure(found: dict, path: Path) -> None:
         low, high = min(e.low for e in estimates.values()), max(e.high for e in estimates.values())
         sigma = 0.01 * (high - low)
         grid = torch.linspace(low - 5 * sigma, high + 5 * sigma, 2000, dtype=torch.float64)
-        for state, estimate in estimates.items():
+        for at, estimate in estimates.items():
             (line,) = ax.semilogy(grid, estimate.smoothed(sigma, grid)[1].clamp_min(1e-8),
-                                  label=f"{state}: S = {sharpness[state]:.3g}")
-            ax.axvline(sharpness[state], color=line.get_color(), ls=":", lw=1)
+                                  label=f"{state_name(at)}: S = {sharpness[at]:.3g}")
+            ax.axvline(sharpness[at], color=line.get_color(), ls=":", lw=1)
         ax.axvline(2 / eta, color="k", ls="--", lw=1, label=f"2/eta = {2 / eta:.3g}")
         ax.set(title=textwrap.fill(title, 60), xlabel="Hessian eigenvalue", ylim=(1e-6, None))
         ax.legend(fontsize=8)
@@ -218,13 +216,12 @@ def read_back(name: str, run_dir: Path, edge: float, vectors: int, lanczos: int)
     print(f"{name} probe: {probe.message}")
     steps_logged, sharpness = row["metrics"]["curvature/sharpness"]
     measured = {}
-    for state, estimate in estimates.items():
+    for at, estimate in estimates.items():
         # the last checkpoint need not fall on a monitor step: take the monitor's latest S at or before it
-        at = 0 if state == "start" else int(state.split()[1])
         logged = max(i for i, step in enumerate(steps_logged) if step <= at)
-        measured[state] = sharpness[logged]
-        print(f"{name} {row['run']} spectrum at {state}: Ritz values in [{estimate.low:.4g}, {estimate.high:.4g}]"
-              f", monitor's S at step {steps_logged[logged]} = {measured[state]:.6g}, "
+        measured[at] = sharpness[logged]
+        print(f"{name} {row['run']} spectrum at {state_name(at)}: Ritz values in [{estimate.low:.4g}, "
+              f"{estimate.high:.4g}], monitor's S at step {steps_logged[logged]} = {measured[at]:.6g}, "
               f"tr(H)/dim = {estimate.moment(1):.4g}, {estimate.n_hvp} HVPs")
     return rows, (measured, estimates)
 
