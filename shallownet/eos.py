@@ -53,7 +53,7 @@ def what_was_found(row: dict) -> str:
     hover = row.get("hovering")
     if row["outcome"] == "diverged":
         return f"diverged at t = {row['time']:.3g}"
-    if not hover:
+    if not hover or hover["reached_at"] is None and hover["max_before"] is None:  # nothing measured after t = 0
         return row["outcome"]
     if hover["reached_at"] is None:
         return f"stayed below {NEAR:g} x threshold (max {hover['max_before']:.2f} x)"

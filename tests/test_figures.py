@@ -280,3 +280,6 @@ def test_eos_figure_titles_say_what_was_run(compare_run):
     below = {"run": "gd", "outcome": "max_steps", "hovering": hovering(times, np.full(6, 0.5))}
     assert what_was_found(below) == f"stayed below {NEAR:g} x threshold (max 0.50 x)"
     assert what_was_found({"outcome": "diverged", "time": 3.0}) == "diverged at t = 3"
+    # interrupted after the first measurement: only t = 0 was measured, and the legend says what happened
+    stopped = {"run": "gd", "outcome": "interrupted", "hovering": hovering(np.zeros(1), np.array([0.5]))}
+    assert what_was_found(stopped) == "interrupted"
