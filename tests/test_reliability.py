@@ -189,6 +189,17 @@ def test_eos_ends_an_interruption_as_train_does(tmp_path, sig):
     assert (first.parent / "eos.png").stat().st_size > 0
 
 
+def test_eos_interrupted_after_only_the_first_sharpness_still_ends_truthfully(tmp_path):
+    # the sharpness measured at t = 0 and never again: eos.png's legend has no ratio after the start to quote
+    proc = start("eos", f"output.root={tmp_path}", "train.max_steps=100000", "output.progress=false",
+                 "monitor.sharpness.every_n_steps=100000")
+    first = tmp_path / "eos" / "version_0" / "gd_lr=0.3"
+    interrupt_when(proc, lambda: any(first.glob("events.out.tfevents.*")), signal.SIGTERM, settle=4.0)
+    summary = json.loads((first.parent / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["rows"][0]["outcome"] == "interrupted"
+    assert (first.parent / "eos.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_sweep_keeps_its_finished_chunks(tmp_path, sig):
     import numpy as np
